@@ -1,0 +1,288 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted ``key=value`` overrides.
+
+Unknown keys and values of the wrong type are errors (``ConfigError``). Assigning a plain value to a section
+sets its ``name``: ``method=xnor`` is ``method.name=xnor``, ``data=cifar10`` is ``data.name=cifar10``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"  # fashion-mnist | mnist | idx | cifar10 | imagenet | synthetic
+    root: str | None = None  # default: /usr/share/datasets/fashion-mnist for fashion-mnist
+    subset: int = 0  # use the first N training images (0 = all)
+    test_subset: int = 0  # use the first N test images (0 = all)
+    augment: bool | None = None  # None: the dataset's default (crop+flip for CIFAR/ImageNet, none for 28x28)
+    workers: int = 0  # loader worker processes (ImageNet folders)
+    image_size: int = 0  # 0: the dataset's native size (ImageNet: 224)
+    drop_last_test: bool = False  # the reference CIFAR loaders drop the last partial test batch
+
+
+@dataclass
+class MethodConfig:
+    """A method from ``rbnn.methods`` plus optional overrides of its recipe fields (None = recipe default)."""
+
+    name: str = "rbnn"
+    weight_estimator: str | None = None
+    act_estimator: str | None = None
+    zero: int | None = None
+    eps: float | None = None
+    t_min: float | None = None
+    t_max: float | None = None
+    rotation_grad: str | None = None
+    rotation_cycles: int | None = None
+    rotation_period: int | None = None
+    theta_init: float | None = None
+    gamma_mode: str | None = None
+    gamma: float | None = None
+    skip: list[str] | None = None  # glob patterns of layers kept float (default: the model's float_layers)
+
+    def recipe_overrides(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("name", "skip") and getattr(self, f.name) is not None}
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # parameter-name globs that get no weight decay, e.g. ["*theta", "*.scale", "*bn*", "*.bias"];
+    # the reference codes decay everything (empty list).
+    no_decay: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | linear | step | constant
+    warmup_epochs: float = 0.0
+    granularity: str = "step"  # step: lr changes every iteration; epoch: once per epoch (reference codes)
+    min_lr: float = 0.0
+    milestones: list[float] = field(default_factory=list)  # for step: epochs at which lr *= gamma
+    gamma: float = 0.1
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # checkpoint of a trained rbnn model (a float network) used as teacher
+    weight: float = 1.0  # loss = (1 - weight) * CE + weight * KD
+    temperature: float = 1.0
+
+
+@dataclass
+class Config:
+    model: str = "smallnet"
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    model_init: str = "reference"  # reference (the papers' init conventions) | pytorch
+    epochs: int = 3
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads (0 = torch default)
+    amp: str = "none"  # none | bf16 (autocast on CUDA)
+    channels_last: bool = False
+    sync_bn: bool = False
+    nproc: int = 1  # >1: launch that many DDP processes on this machine
+    out: str = ""  # run directory; default runs/<model>-<method>-<timestamp>
+    tensorboard: bool = False
+    progress: bool | None = None  # tqdm bars; None = only on a TTY
+    init_from: str | None = None  # load weights from a checkpoint before training (non-strict, reported)
+    checkpoint_every: int = 1  # epochs between last.pt writes
+    export: bool = True  # export + verify the packed 1-bit model at the end (binary methods)
+    diagnostics: bool = True  # per-layer angle/flip/alpha metrics each epoch
+
+
+SECTIONS = {"method": MethodConfig, "data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
+            "distill": DistillConfig}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; strings from the command line are YAML-parsed."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("null", "none", "~") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, "
+                          f"got {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value] if args else value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    return value
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(obj: Any, key_path: list[str], value: Any, full_key: str) -> None:
+    cls = type(obj)
+    hints = _hints(cls)
+    head = key_path[0]
+    if head not in hints:
+        raise ConfigError(f"unknown config key '{full_key}' (valid keys here: {', '.join(hints)})")
+    current = getattr(obj, head)
+    if dataclasses.is_dataclass(current):
+        if len(key_path) == 1:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    _apply(current, [str(k)], v, f"{full_key}.{k}")
+            else:
+                _apply(current, ["name"], value, f"{full_key}.name")
+            return
+        _apply(current, key_path[1:], value, full_key)
+        return
+    if len(key_path) > 1:
+        raise ConfigError(f"unknown config key '{full_key}': '{head}' is not a section")
+    setattr(obj, head, _coerce(value, hints[head], full_key))
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks that types alone cannot express."""
+    def bad(key: str, msg: str) -> None:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+    if cfg.epochs < 1:
+        bad("epochs", f"must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        bad("batch_size", f"must be >= 1, got {cfg.batch_size}")
+    if cfg.eval_batch_size < 1:
+        bad("eval_batch_size", f"must be >= 1, got {cfg.eval_batch_size}")
+    if not cfg.optim.lr > 0:
+        bad("optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    if cfg.optim.weight_decay < 0:
+        bad("optim.weight_decay", f"must be >= 0, got {cfg.optim.weight_decay}")
+    if cfg.optim.name not in ("sgd", "adam", "adamw"):
+        bad("optim.name", f"expected sgd, adam or adamw, got {cfg.optim.name!r}")
+    if cfg.schedule.name not in ("cosine", "linear", "step", "constant"):
+        bad("schedule.name", f"expected cosine, linear, step or constant, got {cfg.schedule.name!r}")
+    if cfg.schedule.granularity not in ("step", "epoch"):
+        bad("schedule.granularity", f"expected step or epoch, got {cfg.schedule.granularity!r}")
+    if cfg.schedule.warmup_epochs < 0 or cfg.schedule.warmup_epochs >= cfg.epochs > 1:
+        bad("schedule.warmup_epochs", f"must be in [0, epochs), got {cfg.schedule.warmup_epochs}")
+    if cfg.data.subset < 0 or cfg.data.test_subset < 0:
+        bad("data.subset", "must be >= 0")
+    if cfg.amp not in ("none", "bf16"):
+        bad("amp", f"expected none or bf16, got {cfg.amp!r}")
+    if cfg.model_init not in ("reference", "pytorch"):
+        bad("model_init", f"expected reference or pytorch, got {cfg.model_init!r}")
+    if cfg.nproc < 1:
+        bad("nproc", f"must be >= 1, got {cfg.nproc}")
+    if not 0 <= cfg.distill.weight <= 1:
+        bad("distill.weight", f"must be in [0, 1], got {cfg.distill.weight}")
+    if cfg.distill.temperature <= 0:
+        bad("distill.temperature", f"must be > 0, got {cfg.distill.temperature}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        for k, v in data.items():
+            _apply(cfg, [str(k)], v, str(k))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        parsed: Any = value
+        _apply(cfg, key.strip().split("."), parsed, key.strip())
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    for k, v in data.items():
+        _apply(cfg, [k], v, k)
+    return validate(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

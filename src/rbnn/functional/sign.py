@@ -1,0 +1,22 @@
+"""Sign conventions.
+
+The reference codes use ``torch.sign`` (0 at 0), which makes a 1-bit value ternary at exact zeros. A deployable
+binary network needs a true two-valued sign; we use +1 at 0 (as Larq does). Both are available everywhere a
+sign is taken, selected by ``zero`` (``+1`` deployable, ``0`` faithful to the reference code).
+"""
+
+from __future__ import annotations
+
+import torch
+
+ZERO_POSITIVE = 1
+ZERO_ZERO = 0
+
+
+def sign(x: torch.Tensor, zero: int = ZERO_POSITIVE) -> torch.Tensor:
+    """Sign of ``x`` with an explicit value at 0: ``zero=1`` gives {-1,+1}, ``zero=0`` is ``torch.sign``."""
+    if zero == ZERO_ZERO:
+        return torch.sign(x)
+    if zero != ZERO_POSITIVE:
+        raise ValueError(f"zero must be 0 or 1, got {zero!r}")
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))

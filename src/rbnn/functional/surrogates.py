@@ -1,0 +1,150 @@
+"""Sign with surrogate gradients, as autograd Functions.
+
+Every estimator's forward is the exact sign (with the chosen sign(0) convention); only the backward differs.
+Each ``*_grad`` function is the closed-form derivative used by the backward, exposed so tests and plots can
+compare against it.
+
+- ``ste``:          identity                                   (Bengio et al. 2013)
+- ``clipped_ste``:  1{|x| <= 1}                                 (BNN, XNOR-Net)
+- ``approx``:       Bi-Real ApproxSign/PPF, 2 - 2|x| on |x| < 1   (Bi-Real, ReActNet, ReBNN activations)
+- ``ede``:          IR-Net EDE, k * t * (1 - tanh^2(t x))
+- ``rbnn``:         RBNN training-aware, k * max(0, sqrt2 t - t^2 |x|)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .sign import sign
+
+SQRT2 = math.sqrt(2.0)
+
+
+def ste_grad(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(x)
+
+
+def clipped_ste_grad(x: torch.Tensor) -> torch.Tensor:
+    return (x.abs() <= 1).to(x.dtype)
+
+
+def approx_sign_grad(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+
+
+def ede_grad(x: torch.Tensor, t: float | torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:
+    return k * t * (1.0 - torch.tanh(t * x) ** 2)
+
+
+def rbnn_grad(x: torch.Tensor, t: float | torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:
+    return k * torch.clamp(SQRT2 * t - t * t * x.abs(), min=0.0)
+
+
+def approx_sign_forward(x: torch.Tensor) -> torch.Tensor:
+    """Bi-Real's piecewise-polynomial F(x) (for plots; training forwards always use the exact sign)."""
+    return torch.where(x < -1, -torch.ones_like(x),
+                       torch.where(x < 0, 2 * x + x * x, torch.where(x < 1, 2 * x - x * x, torch.ones_like(x))))
+
+
+def rbnn_forward(x: torch.Tensor, t: float, k: float) -> torch.Tensor:
+    """RBNN's F(x) of paper Eq. 12 (for plots)."""
+    inside = x.abs() < SQRT2 / t
+    return k * torch.where(inside, SQRT2 * t * x - torch.sign(x) * (t * x) ** 2 / 2, torch.sign(x))
+
+
+class _SignBase(torch.autograd.Function):
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: D401 - torch protocol
+        ctx.save_for_backward(inputs[0])
+        ctx.extra = inputs[1:]
+
+
+class SignSTE(_SignBase):
+    @staticmethod
+    def forward(x, zero):
+        return sign(x, zero)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class SignClippedSTE(_SignBase):
+    @staticmethod
+    def forward(x, zero):
+        return sign(x, zero)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * clipped_ste_grad(x), None
+
+
+class SignApprox(_SignBase):
+    @staticmethod
+    def forward(x, zero):
+        return sign(x, zero)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * approx_sign_grad(x), None
+
+
+class SignEDE(_SignBase):
+    @staticmethod
+    def forward(x, zero, t, k):
+        return sign(x, zero)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        _, t, k = ctx.extra
+        return g * ede_grad(x, t, k), None, None, None
+
+
+class SignRBNN(_SignBase):
+    @staticmethod
+    def forward(x, zero, t, k):
+        return sign(x, zero)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        _, t, k = ctx.extra
+        return g * rbnn_grad(x, t, k), None, None, None
+
+
+ESTIMATORS = ("ste", "clipped_ste", "approx", "ede", "rbnn")
+
+
+def binarize(x: torch.Tensor, estimator: str, zero: int = 1, t: float = 1.0, k: float = 1.0) -> torch.Tensor:
+    """Exact sign of ``x`` in the forward, ``estimator``'s surrogate in the backward.
+
+    ``t`` and ``k`` are floats or 0-d tensors (schedule values held as buffers, so no host sync is needed);
+    only ``ede`` and ``rbnn`` use them.
+    """
+    if estimator == "ste":
+        return SignSTE.apply(x, zero)
+    if estimator == "clipped_ste":
+        return SignClippedSTE.apply(x, zero)
+    if estimator == "approx":
+        return SignApprox.apply(x, zero)
+    if estimator == "ede":
+        return SignEDE.apply(x, zero, t, k)
+    if estimator == "rbnn":
+        return SignRBNN.apply(x, zero, t, k)
+    raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+
+
+def surrogate_grad(x: torch.Tensor, estimator: str, t: float = 1.0, k: float = 1.0) -> torch.Tensor:
+    """Closed-form derivative of ``estimator`` at ``x`` (what the backward multiplies by)."""
+    return {
+        "ste": lambda: ste_grad(x),
+        "clipped_ste": lambda: clipped_ste_grad(x),
+        "approx": lambda: approx_sign_grad(x),
+        "ede": lambda: ede_grad(x, t, k),
+        "rbnn": lambda: rbnn_grad(x, t, k),
+    }[estimator]()

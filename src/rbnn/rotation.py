@@ -1,0 +1,87 @@
+"""RBNN bi-rotation (Lin et al., NeurIPS 2020, spec §1.2-1.4).
+
+A layer's standardized weights X (C_out filters, each reshaped row-major to n1 x n2) share one rotation
+R = R1 (x) R2, applied as R1^T X_c R2. ``optimize_rotation`` runs the alternating B / R1 / R2 steps:
+
+    B_c = sign(R1^T X_c R2)
+    D1  = sum_c B_c R2^T X_c^T,  D1 = U1 S1 V1^T  ->  R1 = V1 U1^T
+    D2  = sum_c X_c^T R1 B_c,    D2 = U2 S2 V2^T  ->  R2 = U2 V2^T
+
+Only ``torch`` is imported here. No n x n SVD is ever formed: the SVDs are n1 x n1 and n2 x n2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def factorize(n: int) -> tuple[int, int]:
+    """n = n1 * n2 with n1 the largest divisor of n that is <= floor(sqrt(n)) (the reference rule)."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    for n1 in range(math.isqrt(n), 0, -1):
+        if n % n1 == 0:
+            return n1, n // n1
+    raise AssertionError("unreachable")
+
+
+def haar_orthogonal(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
+    """A Haar-random n x n orthogonal matrix (QR of a Gaussian with the sign fix; det may be -1, like scipy's)."""
+    a = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    return q.to(dtype)
+
+
+def rotate(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """R1^T X_c R2 for every filter c of X (shape (C, n1, n2))."""
+    return torch.matmul(torch.matmul(R1.t(), X), R2)
+
+
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    # +1 at 0: the B-step needs a vertex of the hypercube; a 0 entry would not be one.
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+def rotation_objective(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """sum_c tr(sign(R1^T X_c R2)^T R1^T X_c R2) = sum of |entries| of the rotated weights (Eq. 6)."""
+    Y = rotate(X, R1, R2)
+    return (_sign(Y) * Y).sum()
+
+
+def _polar(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    U, _, Vh = torch.linalg.svd(D)
+    return U, Vh.transpose(-2, -1)
+
+
+@torch.no_grad()
+def optimize_rotation(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor,
+                      cycles: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cycles`` rounds of the B-step, R1-step and R2-step, warm-started from (R1, R2).
+
+    X: detached standardized weights viewed as (C_out, n1, n2). Returns new (R1, R2) in R1's dtype.
+    The sums run in float64 so that the Procrustes solution is orthogonal to ~1e-15 before the cast.
+    """
+    if X.dim() != 3 or X.shape[1] != R1.shape[0] or X.shape[2] != R2.shape[0]:
+        raise ValueError(f"X must be (C, {R1.shape[0]}, {R2.shape[0]}), got {tuple(X.shape)}")
+    dtype = R1.dtype
+    Xd, A, C = X.detach().double(), R1.detach().double(), R2.detach().double()
+    for _ in range(cycles):
+        B = _sign(rotate(Xd, A, C))
+        # D1 = sum_c B_c R2^T X_c^T  (n1 x n1); R1 = V1 U1^T
+        D1 = torch.einsum("cij,kj,clk->il", B, C, Xd)
+        U1, V1 = _polar(D1)
+        A = V1 @ U1.t()
+        # D2 = sum_c X_c^T R1 B_c  (n2 x n2); R2 = U2 V2^T
+        D2 = torch.einsum("cji,jk,ckl->il", Xd, A, B)
+        U2, V2 = _polar(D2)
+        C = U2 @ V2.t()
+    return A.to(dtype), C.to(dtype)
+
+
+def orthogonality_error(R: torch.Tensor) -> float:
+    """max |R R^T - I|."""
+    eye = torch.eye(R.shape[0], dtype=R.dtype, device=R.device)
+    return float((R @ R.t() - eye).abs().max())
