@@ -56,13 +56,29 @@ def _polar(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return U, Vh.transpose(-2, -1)
 
 
+def r1_step(X: torch.Tensor, B: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """argmax_{R1 orthogonal} sum_c tr(B_c^T R1^T X_c R2): D1 = sum_c B_c R2^T X_c^T = U1 S1 V1^T, R1 = V1 U1^T."""
+    D1 = torch.einsum("cij,kj,clk->il", B, R2, X)
+    U1, V1 = _polar(D1)
+    return V1 @ U1.t()
+
+
+def r2_step(X: torch.Tensor, B: torch.Tensor, R1: torch.Tensor) -> torch.Tensor:
+    """argmax_{R2 orthogonal} sum_c tr(B_c^T R1^T X_c R2): D2 = sum_c X_c^T R1 B_c = U2 S2 V2^T, R2 = U2 V2^T."""
+    D2 = torch.einsum("cji,jk,ckl->il", X, R1, B)
+    U2, V2 = _polar(D2)
+    return U2 @ V2.t()
+
+
 @torch.no_grad()
 def optimize_rotation(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor,
                       cycles: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """``cycles`` rounds of the B-step, R1-step and R2-step, warm-started from (R1, R2).
 
     X: detached standardized weights viewed as (C_out, n1, n2). Returns new (R1, R2) in R1's dtype.
-    The sums run in float64 so that the Procrustes solution is orthogonal to ~1e-15 before the cast.
+    The sums and SVDs run in float64, so the result is orthogonal to ~1e-7 after the cast to float32.
+    Each step can only increase ``rotation_objective`` (B-step: exact maximizer given R; R-steps:
+    Procrustes maximizers given B).
     """
     if X.dim() != 3 or X.shape[1] != R1.shape[0] or X.shape[2] != R2.shape[0]:
         raise ValueError(f"X must be (C, {R1.shape[0]}, {R2.shape[0]}), got {tuple(X.shape)}")
@@ -70,14 +86,8 @@ def optimize_rotation(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor,
     Xd, A, C = X.detach().double(), R1.detach().double(), R2.detach().double()
     for _ in range(cycles):
         B = _sign(rotate(Xd, A, C))
-        # D1 = sum_c B_c R2^T X_c^T  (n1 x n1); R1 = V1 U1^T
-        D1 = torch.einsum("cij,kj,clk->il", B, C, Xd)
-        U1, V1 = _polar(D1)
-        A = V1 @ U1.t()
-        # D2 = sum_c X_c^T R1 B_c  (n2 x n2); R2 = U2 V2^T
-        D2 = torch.einsum("cji,jk,ckl->il", Xd, A, B)
-        U2, V2 = _polar(D2)
-        C = U2 @ V2.t()
+        A = r1_step(Xd, B, C)
+        C = r2_step(Xd, B, A)
     return A.to(dtype), C.to(dtype)
 
 

@@ -1,0 +1,139 @@
+"""`rbnn` command line: thin wrappers that parse arguments and call library functions.
+
+Errors caused by user input print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import RbnnError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.nproc > 1:
+        from .train.launch import launch_distributed
+
+        return launch_distributed(args)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    print(f"run: {summary['run_dir']}")
+    print(f"{summary['model']} / {summary['method']} on {summary['dataset']}: test acc {pct(summary['test_acc'])} "
+          f"(best {pct(summary['best_test_acc'])} at epoch {summary['best_epoch']}), "
+          f"{summary['train_seconds']:.0f} s training")
+    exp = summary.get("export")
+    if exp:
+        if "error" in exp:
+            print(f"export: not done ({exp['error']})")
+        else:
+            print(f"packed 1-bit model: {exp['file']} ({exp['file_bytes']:,} bytes, float32 weights "
+                  f"{exp['float32_state_dict_bytes']:,} bytes); verified: integer pre-activations equal "
+                  f"{exp.get('integers_equal')}, argmax agreement {exp.get('argmax_agreement')}; "
+                  f"{exp['speedup_vs_torch_eval']:.2f}x the speed of torch fp32 eval at batch {exp['batch']}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .data import build_loaders
+    from .train import evaluate, load_run_model
+
+    model, cfg, state = load_run_model(args.checkpoint)
+    data_cfg: DataConfig = cfg.data
+    if args.data_root:
+        data_cfg.root = args.data_root
+    _, test_loader, _ = build_loaders(data_cfg, cfg.batch_size, cfg.eval_batch_size, cfg.seed)
+    import torch
+
+    ev = evaluate(model, test_loader, torch.device("cpu"))
+    print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": state["epoch"], "test_loss": ev["loss"],
+                      "test_acc": ev["acc"], "test_top5": ev["top5"], "images": int(ev["n"])}, indent=2))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .summary import format_summary, summarize
+    from .train import build_model
+
+    cfg = load_config(args.config, args.overrides)
+    size = tuple(args.input_size) if args.input_size else _default_input_size(cfg)
+    model = build_model(cfg, args.num_classes, size)
+    s = summarize(model, size)
+    if args.json:
+        print(json.dumps(s, indent=2))
+    else:
+        print(f"{cfg.model} / {cfg.method.name}, input {size}")
+        print(format_summary(s))
+    return 0
+
+
+def _default_input_size(cfg) -> tuple[int, int, int]:
+    from . import models
+
+    return tuple(models.default_input_size(cfg.model, cfg.data.name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rbnn", description="Train, export and run binary neural networks.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (key=value overrides after the options)")
+    t.add_argument("--config", "-c", help="YAML config file")
+    t.add_argument("--resume", action="store_true", help="continue the run in out=DIR from its last.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. method=xnor data.subset=2000")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint (or run directory) on its test set")
+    e.add_argument("checkpoint")
+    e.add_argument("--data-root", help="override the dataset root stored in the checkpoint")
+    e.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("summary", help="per-layer binary/float, params, bytes, binary ops vs FLOPs")
+    s.add_argument("--config", "-c")
+    s.add_argument("--num-classes", type=int, default=10)
+    s.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
+    s.add_argument("--json", action="store_true")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=_cmd_summary)
+
+    from . import cli_extra
+
+    cli_extra.add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except RbnnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+

@@ -1,0 +1,395 @@
+"""The training loop: data -> model -> prepare(method) -> epochs (callbacks) -> checkpoints -> summary.
+
+``train(cfg)`` is what ``rbnn train`` calls. Everything the loop changes on the model goes through callbacks;
+everything needed to resume (model, optimizer, callback state, RNG, metrics so far) is in ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..config import Config, dump_yaml, from_dict, to_dict
+from ..errors import CheckpointError, ConfigError, RbnnError
+from ..nn.layers import binary_modules
+from . import distributed as dist_utils
+from .callbacks import Callback, ModuleHooks, RotationUpdate, SurrogateSchedule, WeightDiagnostics
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .logging import MetricsLog, progress
+from .optim import build_optimizer, lr_factor, set_lr
+
+log = logging.getLogger("rbnn")
+
+
+class TrainingDiverged(RbnnError):
+    pass
+
+
+class Interrupted(RbnnError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device': {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def build_model(cfg: Config, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
+    """The model of ``cfg`` for a dataset with ``num_classes`` classes and ``input_size`` (C, H, W) inputs."""
+    from .. import models
+
+    try:
+        return models.create(cfg.model, method=cfg.method.name, num_classes=num_classes,
+                             in_channels=input_size[0], init=cfg.model_init, input_size=input_size,
+                             skip=cfg.method.skip, **cfg.method.recipe_overrides())
+    except KeyError as e:
+        raise ConfigError(str(e).strip("'\"")) from None
+    except ValueError as e:
+        raise ConfigError(f"model '{cfg.model}' with method '{cfg.method.name}': {e}") from None
+
+
+def load_run_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, dict]:
+    """Rebuild the model of a checkpoint (or run dir) and load its weights strictly."""
+    state = load_checkpoint(path, map_location="cpu")
+    try:
+        cfg = from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: stored config is invalid ({e})") from None
+    ds = state.get("dataset", {})
+    model = build_model(cfg, ds.get("num_classes", 10), tuple(ds.get("input_size", (1, 28, 28))))
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not match model '{cfg.model}' with method "
+                              f"'{cfg.method.name}': {first}") from None
+    return model.to(device), cfg, state
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none",
+             progress_enabled: bool | None = None) -> dict[str, float]:
+    model.eval()
+    loss_sum, correct, correct5, n = 0.0, 0.0, 0.0, 0.0
+    for x, y in progress(loader, len(loader), "eval", progress_enabled):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            out = model(x)
+        out = out.float()
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        correct += float((top[:, 0] == y).sum())
+        correct5 += float((top == y[:, None]).any(1).sum())
+        n += y.numel()
+    loss_sum, correct, correct5, n = dist_utils.all_reduce_sum([loss_sum, correct, correct5, n], device)
+    n = max(n, 1.0)
+    return {"loss": loss_sum / n, "acc": correct / n, "top5": correct5 / n, "n": n}
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """-sum softmax(teacher/T) log_softmax(student/T) * T^2 (ReActNet/ReBNN's distribution loss)."""
+    t = temperature
+    return -(F.softmax(teacher / t, 1) * F.log_softmax(student / t, 1)).sum(1).mean() * t * t
+
+
+# ---------------------------------------------------------------------------------------------------------
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.model}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    occupied = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise CheckpointError(f"cannot resume: {run_dir / 'last.pt'} not found")
+        return run_dir
+    if occupied:
+        if not overwrite:
+            raise RbnnError(f"run directory {run_dir} already exists and is not empty; "
+                            "pass --resume to continue it or --overwrite to replace it")
+        if dist_utils.rank() == 0:
+            shutil.rmtree(run_dir)
+    if dist_utils.rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def build_callbacks(model: nn.Module, cfg: Config) -> list[Callback]:
+    cbs: list[Callback] = [SurrogateSchedule(model), RotationUpdate(model), ModuleHooks(model)]
+    if cfg.diagnostics and binary_modules(model):
+        cbs.append(WeightDiagnostics(model, seed=cfg.seed))
+    extra = getattr(model, "training_callbacks", None)
+    if callable(extra):
+        cbs.extend(extra(cfg))
+    return cbs
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop writes a checkpoint at the next step boundary and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train ``cfg``; returns the summary (also written to ``summary.json`` in the run directory)."""
+    from ..data import build_loaders
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    main = rank == 0
+    run_dir = prepare_run_dir(cfg, resume, overwrite)
+    if cfg.batch_size % world:
+        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is not divisible by {world} processes")
+
+    train_loader, test_loader, info = build_loaders(cfg.data, cfg.batch_size, cfg.eval_batch_size, cfg.seed,
+                                                    rank=rank, world_size=world)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, info.num_classes, tuple(info.input_size)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    init_report = None
+    if cfg.init_from and not resume:
+        init_report = _init_from(model, cfg.init_from)
+    teacher = None
+    if cfg.distill.teacher:
+        teacher, _, _ = load_run_model(cfg.distill.teacher, device)
+        teacher.eval().requires_grad_(False)
+
+    callbacks = build_callbacks(model, cfg)
+    aux_modules = [m for m in model.modules() if hasattr(m, "auxiliary_loss")]
+    optimizer = build_optimizer(model, cfg.optim)
+    train_model = dist_utils.wrap_ddp(model, device, cfg.sync_bn) if world > 1 else model
+
+    start_epoch, best_acc, best_epoch, rows, train_seconds = 0, -1.0, -1, [], 0.0
+    if resume:
+        state = load_checkpoint(run_dir / "last.pt", map_location=device)
+        if state.get("model_name") != cfg.model or state.get("method") != cfg.method.name:
+            raise CheckpointError(f"{run_dir / 'last.pt'} is from model '{state.get('model_name')}' method "
+                                  f"'{state.get('method')}', not '{cfg.model}' '{cfg.method.name}'")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for cb, cb_state in zip(callbacks, state.get("callbacks", [])):
+            cb.load_state_dict(cb_state)
+        start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        rows, train_seconds = state.get("metrics", []), state.get("train_seconds", 0.0)
+        torch.set_rng_state(state["rng"])
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    metrics = MetricsLog(run_dir / "metrics.csv", rows, run_dir / "tb" if (cfg.tensorboard and main) else None)
+    for cb in callbacks:
+        cb.on_train_start(model)
+
+    steps = len(train_loader)
+    if steps == 0:
+        raise ConfigError("the training set is smaller than one batch; lower batch_size or raise data.subset")
+
+    def checkpoint(epoch_done: int, name: str = "last.pt") -> None:
+        if not main:
+            return
+        save_checkpoint({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch_done,
+            "best_acc": best_acc, "best_epoch": best_epoch, "metrics": metrics.rows,
+            "callbacks": [cb.state_dict() for cb in callbacks], "rng": torch.get_rng_state(),
+            "config": to_dict(cfg), "model_name": cfg.model, "method": cfg.method.name,
+            "dataset": {"name": info.name, "num_classes": info.num_classes, "input_size": list(info.input_size)},
+            "train_seconds": train_seconds, "rbnn_version": __version__,
+        }, run_dir / name)
+
+    log.info("run %s: %s / %s on %s, %d train / %d test images, %d epochs", run_dir, cfg.model,
+             cfg.method.name, info.name, info.train_size, info.test_size, cfg.epochs)
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            for cb in callbacks:
+                cb.on_epoch_start(epoch, cfg.epochs)
+            train_loader.set_epoch(epoch)
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum, aux_sum, correct, seen = 0.0, 0.0, 0.0, 0.0
+            for b, (x, y) in enumerate(progress(train_loader, steps, f"epoch {epoch + 1}/{cfg.epochs}",
+                                                cfg.progress and main)):
+                lr = cfg.optim.lr * lr_factor(epoch, b, steps, cfg.epochs, cfg.schedule)
+                set_lr(optimizer, lr)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device, cfg.amp):
+                    out = train_model(x)
+                    task = F.cross_entropy(out.float(), y)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_out = teacher(x).float()
+                        kd = kd_loss(out.float(), t_out, cfg.distill.temperature)
+                        task = (1 - cfg.distill.weight) * task + cfg.distill.weight * kd
+                    aux = sum((m.auxiliary_loss() for m in aux_modules), torch.zeros((), device=device))
+                loss = task + aux
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {float(loss)} at epoch {epoch + 1} batch {b + 1}; stopped. The last good "
+                        f"checkpoint is {run_dir / 'last.pt'} (lower optim.lr or check the data)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for cb in callbacks:
+                    cb.on_after_backward(model)
+                optimizer.step()
+                for cb in callbacks:
+                    cb.on_step_end(epoch, b)
+                loss_sum += float(task) * y.numel()
+                aux_sum += float(aux) * y.numel()
+                correct += float((out.argmax(1) == y).sum())
+                seen += y.numel()
+                if stop.signal is not None:
+                    raise Interrupted(f"stopped by signal {stop.signal} during epoch {epoch + 1}; the last "
+                                      f"complete epoch is in {run_dir / 'last.pt'} (resume with --resume)")
+            epoch_seconds = time.perf_counter() - t0
+            train_seconds += epoch_seconds
+            loss_sum, aux_sum, correct, seen = dist_utils.all_reduce_sum([loss_sum, aux_sum, correct, seen], device)
+            ev = evaluate(model, test_loader, device, cfg.amp, cfg.progress and main)
+            row: dict[str, Any] = {
+                "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                "test_loss": ev["loss"], "test_acc": ev["acc"], "test_top5": ev["top5"],
+                "epoch_seconds": epoch_seconds, "train_img_per_s": seen / epoch_seconds,
+            }
+            if aux_modules:
+                row["aux_loss"] = aux_sum / seen
+            for cb in callbacks:
+                row.update(cb.on_epoch_end(epoch))
+            if main:
+                metrics.append(row)
+            if ev["acc"] > best_acc:
+                best_acc, best_epoch = ev["acc"], epoch + 1
+                checkpoint(epoch + 1, "best.pt")
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                checkpoint(epoch + 1)
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  (%.0f img/s)", epoch + 1,
+                     cfg.epochs, row["train_loss"], row["train_acc"], ev["loss"], ev["acc"], row["train_img_per_s"])
+    metrics.close()
+
+    last = metrics.rows[-1] if metrics.rows else {}
+    summary: dict[str, Any] = {
+        "model": cfg.model, "method": cfg.method.name, "dataset": info.name, "epochs": cfg.epochs,
+        "test_acc": last.get("test_acc"), "best_test_acc": best_acc, "best_epoch": best_epoch,
+        "final_train_loss": last.get("train_loss"), "train_seconds": train_seconds,
+        "train_img_per_s": (info.train_size * (cfg.epochs - start_epoch) / train_seconds) if train_seconds else None,
+        "params": sum(p.numel() for p in model.parameters()),
+        "binary_layers": list(getattr(model, "binarization", {}).get("binary_layers", [])),
+        "float_layers": list(getattr(model, "binarization", {}).get("float_layers", [])),
+        "run_dir": str(run_dir), "device": str(device), "world_size": world, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "rbnn": __version__,
+    }
+    if init_report is not None:
+        summary["init_from"] = init_report
+    if main and cfg.export and summary["binary_layers"]:
+        summary["export"] = export_and_verify(model, run_dir, test_loader, device)
+    if main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _init_from(model: nn.Module, path: str) -> dict[str, list[str]]:
+    """Load matching weights from a checkpoint non-strictly and report exactly which keys differ."""
+    state = load_checkpoint(path)
+    own = model.state_dict()
+    src = state["model"]
+    loadable = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    report = {"new_keys": sorted(set(own) - set(loadable)),
+              "unused_keys": sorted(k for k in src if k not in loadable)}
+    model.load_state_dict(loadable, strict=False)
+    log.info("init_from %s: loaded %d tensors; new (not in checkpoint): %s; unused: %s", path, len(loadable),
+             ", ".join(report["new_keys"]) or "none", ", ".join(report["unused_keys"]) or "none")
+    return report
+
+
+def export_and_verify(model: nn.Module, run_dir: Path, test_loader, device: torch.device) -> dict[str, Any]:
+    """Export the packed 1-bit model next to the checkpoints, check it against the torch graph, time it."""
+    try:
+        from ..deploy import export, load, verify
+    except ImportError as e:  # pragma: no cover
+        return {"error": f"deploy unavailable: {e}"}
+    model = model.to("cpu").eval()
+    x, _ = next(iter(test_loader))
+    x = x[:128].cpu()
+    path = run_dir / "model.rbnn"
+    try:
+        export(model, path, input_shape=tuple(x.shape[1:]))
+        packed = load(path, backend="fast")
+        report = dict(verify(model, packed, x.numpy()))
+    except RbnnError as e:
+        return {"error": str(e)}
+    xn = x.numpy()
+    packed.predict(xn)  # warm-up / compile
+    with torch.no_grad():
+        model(x)
+        t_torch = _best_time(lambda: model(x))
+    t_packed = _best_time(lambda: packed.predict(xn))
+    report.update({"file": str(path), "file_bytes": path.stat().st_size,
+                   "float32_state_dict_bytes": sum(t.numel() * 4 for t in model.state_dict().values()
+                                                   if t.is_floating_point()),
+                   "batch": int(x.shape[0]), "torch_fp_eval_seconds": t_torch, "packed_seconds": t_packed,
+                   "speedup_vs_torch_eval": t_torch / t_packed})
+    return report
+
+
+def _best_time(fn, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            fn()
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -1,0 +1,69 @@
+"""Run logging: metrics.csv (rewritten atomically each epoch, so a crash never truncates it), optional
+TensorBoard, and tqdm bars that stay quiet when stdout is not a terminal."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .checkpoint import atomic_write_text
+
+
+class MetricsLog:
+    def __init__(self, path: Path, rows: list[dict] | None = None, tensorboard_dir: Path | None = None) -> None:
+        self.path = path
+        self.rows: list[dict] = list(rows or [])
+        self.tb = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # pragma: no cover - optional extra
+                raise RuntimeError("tensorboard=true needs the tensorboard extra: pip install 'rbnn[tensorboard]'") from e
+            self.tb = SummaryWriter(str(tensorboard_dir))
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            for k in r:
+                if k not in columns:
+                    columns.append(k)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        atomic_write_text(self.path, buf.getvalue())
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def progress(iterable, total: int, desc: str, enabled: bool | None):
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _num(v: str):
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
