@@ -81,10 +81,17 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+DATASET_INPUT_SIZES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "idx": (1, 28, 28),
+                       "cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
+
+
 def _default_input_size(cfg) -> tuple[int, int, int]:
+    """The input size of the config's dataset, else the model's own default."""
+    if cfg.data.name in DATASET_INPUT_SIZES:
+        return DATASET_INPUT_SIZES[cfg.data.name]
     from . import models
 
-    return tuple(models.default_input_size(cfg.model, cfg.data.name))
+    return tuple(models.create(cfg.model, method=None).input_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may be interleaved with options (argparse stops collecting them at an option)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:

@@ -183,8 +183,13 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train ``cfg``; returns the summary (also written to ``summary.json`` in the run directory)."""
+def train(cfg: Config, resume: bool = False, overwrite: bool = False,
+          stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train ``cfg``; returns the summary (also written to ``summary.json`` in the run directory).
+
+    ``stop_after_epochs`` ends this call early (after that many epochs) as a crash would, leaving a run that
+    ``resume=True`` continues; the schedules still follow ``cfg.epochs``.
+    """
     from ..data import build_loaders
 
     if cfg.threads > 0:
@@ -254,7 +259,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
     log.info("run %s: %s / %s on %s, %d train / %d test images, %d epochs", run_dir, cfg.model,
              cfg.method.name, info.name, info.train_size, info.test_size, cfg.epochs)
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
+        end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
+        for epoch in range(start_epoch, end_epoch):
             for cb in callbacks:
                 cb.on_epoch_start(epoch, cfg.epochs)
             train_loader.set_epoch(epoch)
@@ -289,8 +295,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
                 optimizer.step()
                 for cb in callbacks:
                     cb.on_step_end(epoch, b)
-                loss_sum += float(task) * y.numel()
-                aux_sum += float(aux) * y.numel()
+                loss_sum += float(task.detach()) * y.numel()
+                aux_sum += float(aux.detach()) * y.numel()
                 correct += float((out.argmax(1) == y).sum())
                 seen += y.numel()
                 if stop.signal is not None:
