@@ -10,7 +10,7 @@ from rbnn.config import load_config
 from rbnn.errors import RbnnError
 from rbnn.train import load_run_model, train
 
-SYN = ["data=synthetic", "data.subset=256", "data.test_subset=128", "batch_size=64", "export=false"]
+SYN = ["threads=1", "data=synthetic", "data.subset=256", "data.test_subset=128", "batch_size=64", "export=false"]
 
 
 def _cfg(tmp_path, name, *extra):

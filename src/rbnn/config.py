@@ -28,6 +28,8 @@ class DataConfig:
     workers: int = 0  # loader worker processes (ImageNet folders)
     image_size: int = 0  # 0: the dataset's native size (ImageNet: 224)
     drop_last_test: bool = False  # the reference CIFAR loaders drop the last partial test batch
+    channels: int = 0  # synthetic data only: image channels (0 = 1)
+    num_classes: int = 0  # synthetic data only: classes (0 = 10)
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""`rbnn ablate`: run several methods x seeds at the same budget; write a markdown table and a CSV.
+
+The ablation file is a normal training config plus a top-level ``methods:`` list (and optionally ``seeds:``).
+Finished runs (with a summary.json) are reused, so an interrupted ablation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, _apply, validate
+from .errors import ConfigError
+from .train.checkpoint import atomic_write_text
+
+DEFAULT_METHODS = ["fp", "xnor", "irnet", "rbnn-B", "rbnn-BR", "rbnn-BT", "rbnn-BTR", "rbnn"]
+
+
+def load_ablation(path: str | Path | None, overrides: list[str]) -> tuple[Config, list[str], int | None]:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"ablation config {p} not found")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"ablation config {p}: expected a mapping")
+    methods = data.pop("methods", DEFAULT_METHODS)
+    seeds = data.pop("seeds", None)
+    rest = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if key == "methods":
+            methods = [m for m in o.split("=", 1)[1].split(",") if m]
+        else:
+            rest.append(o)
+    if not isinstance(methods, list) or not methods:
+        raise ConfigError("ablation key 'methods': expected a non-empty list of method names")
+    cfg = Config()
+    for k, v in data.items():
+        _apply(cfg, [str(k)], v, str(k))
+    for o in rest:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r}: expected key=value")
+        k, v = o.split("=", 1)
+        _apply(cfg, k.split("."), v, k)
+    return validate(cfg), [str(m) for m in methods], seeds
+
+
+def run_ablation(cfg: Config, methods: list[str], seeds: int, out: Path, overwrite: bool = False) -> list[dict]:
+    from .methods import METHODS
+    from .train.engine import train
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"ablation: unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for method in methods:
+        for seed in range(seeds):
+            run_dir = out / f"{method}-s{seed}"
+            summary_file = run_dir / "summary.json"
+            if summary_file.is_file() and not overwrite:
+                summary = json.loads(summary_file.read_text())
+            else:
+                run_cfg = Config(**{**cfg.__dict__})
+                run_cfg.method = type(cfg.method)(**{**cfg.method.__dict__, "name": method})
+                run_cfg.seed = cfg.seed + seed
+                run_cfg.out = str(run_dir)
+                summary = train(validate(run_cfg), overwrite=True)
+            results.append({"method": method, "seed": seed, "test_acc": summary["test_acc"],
+                            "best_test_acc": summary["best_test_acc"], "train_seconds": summary["train_seconds"],
+                            "train_img_per_s": summary.get("train_img_per_s")})
+            write_tables(results, out, cfg)
+    return results
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def write_tables(results: list[dict], out: Path, cfg: Config) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(results[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(results)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    lines = [f"Ablation: model `{cfg.model}`, data `{cfg.data.name}` (subset {cfg.data.subset or 'all'}), "
+             f"{cfg.epochs} epochs, batch {cfg.batch_size}, optimizer {cfg.optim.name} lr {cfg.optim.lr}",
+             "", "| method | seeds | final test acc (%) | best test acc (%) | train s/run | train img/s |",
+             "|---|---|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in results):
+        rs = [r for r in results if r["method"] == method]
+        ips = [r["train_img_per_s"] for r in rs if r["train_img_per_s"]]
+        lines.append(f"| {method} | {len(rs)} | {_mean_std([r['test_acc'] for r in rs])} | "
+                     f"{_mean_std([r['best_test_acc'] for r in rs])} | "
+                     f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
+                     f"{statistics.mean(ips) if ips else float('nan'):.0f} |")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
