@@ -1,0 +1,601 @@
+"""Export a (binary) torch model to a packed ``.rbnn`` file. The only deploy module that imports torch.
+
+The model is traced with torch.fx (binary layers and standard torch.nn layers are leaves), run once on an
+example input to record shapes, and translated node by node into the engine's small op vocabulary:
+
+    input, conv (float), linear (float), bconv, blinear (binary), affine (BatchNorm), hardtanh, relu,
+    maxpool, avgpool, gap (global average pool), add, slice, pad (zero, e.g. option-A shortcuts), flatten
+
+Anything else raises :class:`ExportError` naming the fx node. BatchNorm directly after a conv/linear (the
+conv being its only reader) is folded into the conv's per-channel output affine; a BatchNorm1d feeding a float
+Linear is folded into it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ..nn.layers import BinaryConv2d, BinaryLinear, BinaryMixin
+from ..nn.recipe import BinaryRecipe
+from . import format as fmt
+from .format import Node, PackedFormatError, PackedGraph
+from .packing import pack_nonzero, pack_signs
+
+
+class ExportError(PackedFormatError):
+    """The model uses something the packed format cannot express (message names the node)."""
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, BinaryMixin):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """torch.fx trace with binary layers as leaves."""
+    tracer = _Tracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+def _pair(v) -> list[int]:
+    if isinstance(v, int):
+        return [v, v]
+    v = [int(i) for i in v]
+    return v * 2 if len(v) == 1 else v
+
+
+def _np32(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().double().numpy()
+    return np.ascontiguousarray(np.asarray(t, dtype=np.float64).astype(np.float32))
+
+
+def _sign_np(w: torch.Tensor, zero: int) -> np.ndarray:
+    """sign with the recipe's sign(0), computed by torch in the weight's own dtype (as the layer does)."""
+    from ..functional.sign import sign
+
+    return sign(w.detach(), zero).cpu().numpy()
+
+
+def binary_weight_and_scale(layer: BinaryMixin) -> tuple[np.ndarray, np.ndarray]:
+    """(B, m): the ±1 (or ternary, sign(0)=0) weight the layer convolves with and the per-output-channel
+    multiplier of the integer dot product, so that layer(x) == (binary_input(x) * B) · m (+ bias · λ).
+
+    B = sign(mixed_weight()) (for RBNN the mixed *rotated* weight, not sign(W)); m = weight scale (mean|w|,
+    power of two, ReBNN's deploy_scale()) times the learned output scale λ (RBNN, may be negative).
+    """
+    from ..functional.transforms import libra_pb_scale, mean_abs_scale
+
+    r: BinaryRecipe = layer.recipe
+    with torch.no_grad():
+        w = layer.mixed_weight().detach()
+        b = _sign_np(w, r.zero)
+        o = w.shape[0]
+        if r.weight_scale in ("mean_abs", "mean_abs_detached"):
+            s = mean_abs_scale(w).reshape(o)
+        elif r.weight_scale == "pow2":
+            s = libra_pb_scale(w).reshape(o)
+        elif r.weight_scale in ("rebnn", "rebnn_released"):
+            if not hasattr(layer, "deploy_scale"):
+                raise ExportError(
+                    f"layer with weight_scale={r.weight_scale!r} has no deploy_scale(); cannot fold its scale"
+                )
+            s = torch.as_tensor(layer.deploy_scale()).reshape(o)
+        elif r.weight_scale in ("none", "learned_output"):
+            s = torch.ones(o, dtype=w.dtype)
+        else:
+            raise ExportError(f"weight_scale {r.weight_scale!r} is not supported by export")
+        # sanity: the layer's own binary weight must be B * s (catches recipes whose semantics drifted)
+        bw = layer.binary_weight().detach()
+        expect = torch.as_tensor(b, dtype=bw.dtype) * s.reshape(-1, *([1] * (bw.dim() - 1))).to(bw.dtype)
+        if not torch.allclose(bw, expect, rtol=1e-5, atol=1e-7):
+            raise ExportError(
+                f"{type(layer).__name__}.binary_weight() is not sign(mixed_weight())·scale for "
+                f"weight_scale={r.weight_scale!r}; export cannot reproduce it"
+            )
+        m = s.double()
+        if r.weight_scale == "learned_output":
+            m = m * layer.scale.detach().double().reshape(o)
+    return b, m.cpu().numpy()
+
+
+def _binary_node(name: str, qual: str, layer: BinaryMixin, inputs: list[str]) -> Node:
+    r = layer.recipe
+    if not getattr(r, "binarize_weights", True):
+        raise ExportError(
+            f"node {name!r} ({qual}): binary layer with real-valued weights (W32A1 recipe) has no "
+            "1-bit deployment"
+        )
+    if r.act_estimator is None:
+        raise ExportError(
+            f"node {name!r} ({qual}): binary layer with real-valued activations "
+            "(act_estimator=None) has no 1-bit deployment"
+        )
+    b, m = binary_weight_and_scale(layer)
+    o = b.shape[0]
+    attrs: dict[str, Any] = {
+        "module": qual,
+        "act_transform": r.act_transform,
+        "zero": int(r.zero),
+        "eps": float(r.eps),
+        "out_channels": int(o),
+    }
+    bias = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(o)
+    lam = (
+        layer.scale.detach().double().cpu().numpy().reshape(o) if r.weight_scale == "learned_output" else 1.0
+    )
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(layer, BinaryConv2d):
+        if layer.groups != 1:
+            raise ExportError(
+                f"node {name!r} ({qual}): grouped binary conv (groups={layer.groups}) unsupported"
+            )
+        if isinstance(layer.padding, str):
+            if layer.padding != "valid":
+                raise ExportError(f"node {name!r} ({qual}): padding={layer.padding!r} unsupported; use ints")
+            pad = [0, 0]
+        else:
+            pad = _pair(layer.padding)
+        attrs.update(
+            op_kind="conv",
+            in_channels=int(layer.in_channels),
+            kernel=_pair(layer.kernel_size),
+            stride=_pair(layer.stride),
+            padding=pad,
+            dilation=_pair(layer.dilation),
+        )
+        bt = np.transpose(b, (0, 2, 3, 1))  # (O, KH, KW, C): pack along input channels per tap
+        op = "bconv"
+    elif isinstance(layer, BinaryLinear):
+        attrs.update(in_channels=int(layer.in_features))
+        bt = b
+        op = "blinear"
+    else:
+        raise ExportError(f"node {name!r} ({qual}): unknown binary layer type {type(layer).__name__}")
+    arrays["w_bits"] = pack_signs(bt)
+    if r.zero == 0:
+        arrays["w_mask"] = pack_nonzero(bt)
+    arrays["out_mul"] = _np32(m)
+    arrays["out_add"] = _np32(bias * lam)
+    attrs["ternary"] = r.zero == 0
+    if r.act_transform == "shift":
+        arrays["act_shift"] = _np32(layer.act_shift)
+    return Node(name, op, inputs, attrs, arrays)
+
+
+def _bn_node(name: str, qual: str, bn: nn.modules.batchnorm._BatchNorm, inputs: list[str]) -> Node:
+    if bn.running_mean is None or bn.running_var is None:
+        raise ExportError(f"node {name!r} ({qual}): BatchNorm without running statistics cannot be folded")
+    inv = 1.0 / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    w = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(inv)
+    bb = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(inv)
+    mul = w * inv
+    add = bb - bn.running_mean.detach().double() * mul
+    return Node(
+        name,
+        "affine",
+        inputs,
+        {"module": qual, "kind": type(bn).__name__},
+        {"mul": _np32(mul), "add": _np32(add), "_mul64": mul.numpy(), "_add64": add.numpy()},
+    )
+
+
+def _is_fn(target, *names: str) -> bool:
+    return getattr(target, "__name__", None) in names
+
+
+def _pool_args(k, s, p, d=1) -> dict:
+    k = _pair(k)
+    return {
+        "kernel": k,
+        "stride": _pair(s if s not in (None, []) else k),
+        "padding": _pair(p),
+        "dilation": _pair(d),
+    }
+
+
+def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Node], str, list[dict]]:
+    modules = dict(gm.named_modules())
+    nodes: list[Node] = []
+    alias: dict[str, str] = {}
+    float_layers: list[dict] = []
+    out_name = None
+
+    def is_tensor(a) -> bool:
+        return isinstance(a, fx.Node) and isinstance(values.get(a), torch.Tensor)
+
+    def src(a) -> str:
+        if not is_tensor(a):
+            raise ExportError(f"expected a tensor argument, got {a!r}")
+        return alias.get(a.name, a.name)
+
+    def const(a):
+        if isinstance(a, fx.Node):
+            v = values[a]
+            if isinstance(v, torch.Tensor):
+                raise ExportError(f"node {a.name!r}: a tensor is used where a constant is needed")
+            return v
+        if isinstance(a, list | tuple):
+            return type(a)(const(i) for i in a)
+        return a
+
+    def unsupported(n: fx.Node, what: str) -> ExportError:
+        return ExportError(
+            f"unsupported op at fx node {n.name!r} ({n.op} {what}); the packed format supports "
+            "Conv2d, Linear, binary layers, BatchNorm, Hardtanh/ReLU, Max/AvgPool, global avg "
+            "pool, add, channel zero-pad, strided slicing and flatten"
+        )
+
+    def shape(n: fx.Node) -> tuple[int, ...]:
+        return tuple(values[n].shape)
+
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            if nodes:
+                raise unsupported(n, "second input")
+            nodes.append(Node(n.name, "input", [], {"shape": list(shape(n)[1:])}))
+            continue
+        if n.op == "output":
+            arg = n.args[0]
+            if not is_tensor(arg):
+                raise ExportError(
+                    f"model output must be one tensor, got {type(values.get(arg, arg)).__name__}"
+                )
+            out_name = src(arg)
+            continue
+        if n.op == "get_attr":
+            if isinstance(values.get(n), torch.Tensor):
+                raise unsupported(n, f"get_attr {n.target}")
+            continue
+        out = values.get(n)
+        if not isinstance(out, torch.Tensor):
+            continue  # python-level values (sizes, shapes): used as constants by readers
+        tensor_args = [a for a in n.args if is_tensor(a)]
+        if n.op == "call_module":
+            m = modules[n.target]
+            qual = str(n.target)
+            x = src(n.args[0])
+            if isinstance(m, BinaryMixin):
+                nodes.append(_binary_node(n.name, qual, m, [x]))
+            elif isinstance(m, nn.Conv2d):
+                if (
+                    m.groups != 1
+                    or m.padding_mode != "zeros"
+                    or isinstance(m.padding, str)
+                    and m.padding != "valid"
+                ):
+                    raise unsupported(n, f"Conv2d {qual} (groups/padding mode)")
+                pad = [0, 0] if isinstance(m.padding, str) else _pair(m.padding)
+                nodes.append(
+                    Node(
+                        n.name,
+                        "conv",
+                        [x],
+                        {
+                            "module": qual,
+                            "stride": _pair(m.stride),
+                            "padding": pad,
+                            "dilation": _pair(m.dilation),
+                        },
+                        {
+                            "weight": _np32(m.weight),
+                            "bias": _np32(m.bias if m.bias is not None else torch.zeros(m.out_channels)),
+                        },
+                    )
+                )
+                float_layers.append({"name": qual, "kind": "Conv2d", "params": int(m.weight.numel())})
+            elif isinstance(m, nn.Linear):
+                nodes.append(
+                    Node(
+                        n.name,
+                        "linear",
+                        [x],
+                        {"module": qual},
+                        {
+                            "weight": _np32(m.weight),
+                            "bias": _np32(m.bias if m.bias is not None else torch.zeros(m.out_features)),
+                        },
+                    )
+                )
+                float_layers.append({"name": qual, "kind": "Linear", "params": int(m.weight.numel())})
+            elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                nodes.append(_bn_node(n.name, qual, m, [x]))
+            elif isinstance(m, nn.Hardtanh):
+                nodes.append(
+                    Node(n.name, "hardtanh", [x], {"min": float(m.min_val), "max": float(m.max_val)})
+                )
+            elif isinstance(m, nn.ReLU):
+                nodes.append(Node(n.name, "relu", [x]))
+            elif isinstance(m, nn.MaxPool2d):
+                if m.ceil_mode or m.return_indices:
+                    raise unsupported(n, f"MaxPool2d {qual} with ceil_mode/return_indices")
+                nodes.append(
+                    Node(n.name, "maxpool", [x], _pool_args(m.kernel_size, m.stride, m.padding, m.dilation))
+                )
+            elif isinstance(m, nn.AvgPool2d):
+                if (
+                    m.ceil_mode
+                    or (_pair(m.padding) != [0, 0] and not m.count_include_pad)
+                    or m.divisor_override
+                ):
+                    raise unsupported(n, f"AvgPool2d {qual} options")
+                nodes.append(Node(n.name, "avgpool", [x], _pool_args(m.kernel_size, m.stride, m.padding)))
+            elif isinstance(m, nn.AdaptiveAvgPool2d):
+                if tuple(out.shape[-2:]) == (1, 1):
+                    nodes.append(Node(n.name, "gap", [x]))
+                elif tuple(out.shape) == tuple(values[n.args[0]].shape):
+                    alias[n.name] = x
+                else:
+                    raise unsupported(n, f"AdaptiveAvgPool2d {qual} to {tuple(out.shape[-2:])}")
+            elif isinstance(m, nn.Flatten):
+                if m.start_dim != 1 or m.end_dim != -1:
+                    raise unsupported(n, f"Flatten {qual}({m.start_dim}, {m.end_dim})")
+                nodes.append(Node(n.name, "flatten", [x]))
+            elif isinstance(m, nn.Identity | nn.Dropout):
+                alias[n.name] = x
+            else:
+                raise unsupported(n, f"module {qual} of type {type(m).__name__}")
+            continue
+        if n.op in ("call_function", "call_method"):
+            t = n.target
+            name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+            if (
+                name in ("add", "iadd", "__add__")
+                and len(tensor_args) == 2
+                and len(n.args) == 2
+                and not n.kwargs.get("alpha", 1) != 1
+            ):
+                a, b = (src(a) for a in n.args)
+                if shape(n.args[0]) != shape(n.args[1]):
+                    raise unsupported(n, f"add with broadcasting {shape(n.args[0])} + {shape(n.args[1])}")
+                nodes.append(Node(n.name, "add", [a, b]))
+            elif t is operator.getitem and is_tensor(n.args[0]):
+                idx = const(n.args[1])
+                idx = idx if isinstance(idx, tuple) else (idx,)
+                if not all(isinstance(s, slice) for s in idx) or len(idx) > len(shape(n.args[0])):
+                    raise unsupported(n, f"indexing {idx!r} (only slices are supported)")
+                sl = []
+                for d, s in enumerate(idx):
+                    st, sp, step = s.indices(shape(n.args[0])[d])
+                    if d == 0 and (st, step) != (0, 1) or (d == 0 and sp != shape(n.args[0])[0]):
+                        raise unsupported(n, "slicing the batch dimension")
+                    sl.append([st, sp, step])
+                nodes.append(Node(n.name, "slice", [src(n.args[0])], {"nchw_slices": sl}))
+            elif name == "pad" and t is not None and is_tensor(n.args[0]):
+                pads = [int(p) for p in const(n.args[1] if len(n.args) > 1 else n.kwargs["pad"])]
+                mode = const(n.args[2]) if len(n.args) > 2 else n.kwargs.get("mode", "constant")
+                value = const(n.args[3]) if len(n.args) > 3 else n.kwargs.get("value", None)
+                if mode != "constant" or value not in (None, 0, 0.0) or min(pads) < 0:
+                    raise unsupported(n, f"pad mode={mode!r} value={value!r} pads={pads}")
+                nodes.append(Node(n.name, "pad", [src(n.args[0])], {"torch_pad": pads}))
+            elif name in ("flatten", "view", "reshape"):
+                ins, outs = shape(n.args[0]), tuple(out.shape)
+                if len(outs) == 2 and outs[0] == ins[0] and math.prod(ins[1:]) == outs[1]:
+                    nodes.append(Node(n.name, "flatten", [src(n.args[0])]))
+                elif outs == ins:
+                    alias[n.name] = src(n.args[0])
+                else:
+                    raise unsupported(n, f"{name} {ins} -> {outs}")
+            elif name in ("hardtanh", "hardtanh_", "clamp", "clip") and is_tensor(n.args[0]):
+                lo = (
+                    const(n.args[1])
+                    if len(n.args) > 1
+                    else n.kwargs.get("min_val", n.kwargs.get("min", -1.0))
+                )
+                hi = (
+                    const(n.args[2]) if len(n.args) > 2 else n.kwargs.get("max_val", n.kwargs.get("max", 1.0))
+                )
+                if lo is None or hi is None:
+                    raise unsupported(n, f"{name} with an open bound")
+                nodes.append(Node(n.name, "hardtanh", [src(n.args[0])], {"min": float(lo), "max": float(hi)}))
+            elif name in ("relu", "relu_"):
+                nodes.append(Node(n.name, "relu", [src(n.args[0])]))
+            elif name in ("contiguous", "dropout", "identity") and is_tensor(n.args[0]):
+                alias[n.name] = src(n.args[0])
+            elif name == "adaptive_avg_pool2d" and tuple(out.shape[-2:]) == (1, 1):
+                nodes.append(Node(n.name, "gap", [src(n.args[0])]))
+            elif name == "max_pool2d":
+                args = [const(a) for a in n.args[1:]]
+                kw = {k: const(v) for k, v in n.kwargs.items()}
+                k = args[0] if args else kw["kernel_size"]
+                s = args[1] if len(args) > 1 else kw.get("stride")
+                p = args[2] if len(args) > 2 else kw.get("padding", 0)
+                if kw.get("ceil_mode") or len(args) > 4:
+                    raise unsupported(n, "max_pool2d options")
+                nodes.append(
+                    Node(n.name, "maxpool", [src(n.args[0])], _pool_args(k, s, p, kw.get("dilation", 1)))
+                )
+            elif name == "avg_pool2d":
+                args = [const(a) for a in n.args[1:]]
+                kw = {k: const(v) for k, v in n.kwargs.items()}
+                k = args[0] if args else kw["kernel_size"]
+                s = args[1] if len(args) > 1 else kw.get("stride")
+                p = args[2] if len(args) > 2 else kw.get("padding", 0)
+                if kw.get("ceil_mode") or len(args) > 3 or _pair(p) != [0, 0]:
+                    raise unsupported(n, "avg_pool2d options")
+                nodes.append(Node(n.name, "avgpool", [src(n.args[0])], _pool_args(k, s, p)))
+            else:
+                raise unsupported(n, f"{name}")
+            continue
+        raise unsupported(n, str(n.target))
+    if out_name is None:
+        raise ExportError("the traced graph has no output")
+    return nodes, out_name, float_layers
+
+
+def _fold(nodes: list[Node], output: str) -> tuple[list[Node], str]:
+    """Fold BatchNorm (affine) into the conv/linear before it, and a BatchNorm1d into a following Linear."""
+
+    def readers(name: str) -> list[Node]:
+        return [n for n in nodes if name in n.inputs]
+
+    changed = True
+    while changed:
+        changed = False
+        by_name = {n.name: n for n in nodes}
+        for aff in nodes:
+            if aff.op != "affine":
+                continue
+            prod = by_name[aff.inputs[0]]
+            mul, add = aff.arrays["_mul64"], aff.arrays["_add64"]
+            if (
+                prod.op in ("bconv", "blinear", "conv", "linear")
+                and len(readers(prod.name)) == 1
+                and prod.name != output
+            ):
+                if prod.op in ("bconv", "blinear"):
+                    m = prod.arrays.pop("_m64", prod.arrays["out_mul"].astype(np.float64))
+                    a = prod.arrays.pop("_a64", prod.arrays["out_add"].astype(np.float64))
+                    prod.arrays["_m64"], prod.arrays["_a64"] = m * mul, a * mul + add
+                    prod.arrays["out_mul"], prod.arrays["out_add"] = _np32(m * mul), _np32(a * mul + add)
+                else:
+                    w = prod.arrays["weight"].astype(np.float64)
+                    prod.arrays["weight"] = _np32(w * mul.reshape(-1, *([1] * (w.ndim - 1))))
+                    prod.arrays["bias"] = _np32(prod.arrays["bias"].astype(np.float64) * mul + add)
+                prod.attrs.setdefault("folded", []).append(aff.attrs.get("module", aff.name))
+            else:
+                rs = readers(aff.name)
+                if len(rs) == 1 and rs[0].op == "linear" and aff.name != output:
+                    lin = rs[0]
+                    w = lin.arrays["weight"].astype(np.float64)
+                    lin.arrays["bias"] = _np32(lin.arrays["bias"].astype(np.float64) + w @ add)
+                    lin.arrays["weight"] = _np32(w * mul[None, :])
+                    lin.attrs.setdefault("folded", []).append(aff.attrs.get("module", aff.name))
+                    lin.inputs = [aff.inputs[0]]
+                    nodes.remove(aff)
+                    changed = True
+                    break
+                continue
+            # rewire readers of the affine to the producer
+            for r in readers(aff.name):
+                r.inputs = [prod.name if i == aff.name else i for i in r.inputs]
+            if output == aff.name:
+                output = prod.name
+            nodes.remove(aff)
+            changed = True
+            break
+    for n in nodes:
+        for k in [k for k in n.arrays if k.startswith("_")]:
+            del n.arrays[k]
+    return nodes, output
+
+
+def _default_input_shape(model: nn.Module) -> tuple[int, ...]:
+    shp = getattr(model, "input_shape", None) or getattr(model, "input_size", None)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            if shp is not None and len(tuple(shp)) == 3:
+                return tuple(int(s) for s in shp)
+            hw = tuple(shp)[-2:] if shp is not None else (32, 32)
+            return (m.in_channels, *hw)
+        if isinstance(m, nn.Linear):
+            return (m.in_features,)
+    raise ExportError("cannot infer input_shape: pass input_shape=(C, H, W)")
+
+
+def build_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> PackedGraph:
+    """Trace ``model`` and build the packed graph (no file written)."""
+    shape = tuple(int(s) for s in (input_shape or _default_input_shape(model)))
+    if len(shape) == 4:
+        shape = shape[1:]
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            gm = trace(model)
+        except Exception as e:  # noqa: BLE001 - fx raises many types
+            raise ExportError(
+                f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}"
+            ) from e
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+        rec = _Recorder(gm)
+        with torch.no_grad():
+            rec.run(example)
+        nodes, out, float_layers = _translate(gm, rec.values)
+        nodes, out = _fold(nodes, out)
+    finally:
+        model.train(was_training)
+    # keep only nodes reachable from the output
+    needed, by_name = {out}, {n.name: n for n in nodes}
+    for n in reversed(nodes):
+        if n.name in needed:
+            needed.update(n.inputs)
+    nodes = [n for n in nodes if n.name in needed or n.op == "input"]
+    del by_name
+    info = getattr(model, "binarization", None) or {}
+    why = {
+        "Conv2d": "float layer (first conv / downsample kept float by the recipe's float_layers)",
+        "Linear": "float layer (classifier kept float by the recipe's float_layers)",
+    }
+    meta = {
+        "input_shape": list(shape),
+        "model": {"class": type(model).__name__, "name": _model_name(model), "binarization": _jsonable(info)},
+        "float_layers": [{**f, "why": why[f["kind"]]} for f in float_layers],
+        "binary_layers": [n.attrs["module"] for n in nodes if n.op in ("bconv", "blinear")],
+        "producer": {"torch": torch.__version__, "numpy": np.__version__},
+    }
+    return PackedGraph(nodes, out, meta)
+
+
+def _model_name(model: nn.Module) -> str | None:
+    for attr in ("model_name", "arch", "name"):
+        v = getattr(model, attr, None)
+        if isinstance(v, str):
+            return v
+    return None
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float | int | str | bool) or v is None:
+        return v
+    return str(v)
+
+
+def export(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...] | None = None) -> dict:
+    """Write ``model`` as one packed ``.rbnn`` file and return a summary dict.
+
+    ``input_shape`` is (C, H, W) (or (F,) for an MLP); by default the model's ``input_shape``/``input_size``
+    attribute or (in_channels of the first conv, 32, 32). Returns ``{"path", "bytes", "binary_layers",
+    "float_layers", "nodes", "float32_state_dict_bytes"}``.
+    """
+    graph = build_graph(model, input_shape)
+    size = fmt.save(graph, path)
+    sd_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    return {
+        "path": os.fspath(path),
+        "bytes": int(size),
+        "binary_layers": graph.meta["binary_layers"],
+        "float_layers": [f["name"] for f in graph.meta["float_layers"]],
+        "nodes": len(graph.nodes),
+        "float32_state_dict_bytes": int(sd_bytes),
+        "input_shape": graph.meta["input_shape"],
+    }
+
+
+__all__ = ["ExportError", "binary_weight_and_scale", "build_graph", "export", "trace"]

@@ -1,0 +1,176 @@
+"""The NumPy reference engine: short, readable, exact. It is the oracle the fast engine is tested against.
+
+Every tensor is NHWC float32 (or (N, F) after flatten). A binary layer
+
+1. binarizes its input exactly as training does (``act_transform`` then sign with the layer's sign(0)),
+2. packs the bits per pixel along channels into uint64 words (with a nonzero-mask plane, all ones unless
+   the layer is ternary; zero padding pixels get mask 0, so border taps contribute exactly 0),
+3. computes ``dot = popcount(m_a & m_w) − 2·popcount((a ^ w) & m_a & m_w)`` per tap with ``np.bitwise_count``,
+4. returns ``dot * out_mul + out_add`` (weight scale, learned scale, bias and BatchNorm folded).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .format import Node
+from .packing import pack_bits
+
+
+def binarize_input(x: np.ndarray, node: Node) -> tuple[np.ndarray, np.ndarray | None]:
+    """(negative bits, nonzero mask or None) of a binary layer's input, channels on the last axis."""
+    at = node.attrs
+    x = x.astype(np.float32, copy=False)
+    if at["act_transform"] == "shift":
+        v = x + node.arrays["act_shift"]
+    elif at["act_transform"] == "standardize_sample":
+        # sign((x - mean) / (std + eps)) == sign(x - mean): the positive std never changes the sign.
+        n = x.shape[0]
+        mean = x.reshape(n, -1).mean(axis=1, dtype=np.float64).astype(np.float32)
+        v = x - mean.reshape(n, *([1] * (x.ndim - 1)))
+    elif at["act_transform"] == "none":
+        v = x
+    else:
+        raise ValueError(f"unknown act_transform {at['act_transform']!r} in node {node.name!r}")
+    if at["zero"] == 1:
+        return ~(v >= 0), None  # sign(0) = +1 (a NaN binarizes to -1, like torch.where(x >= 0, 1, -1))
+    return v < 0, v != 0  # ternary: sign(0) = 0
+
+
+def out_hw(h: int, k: int, s: int, p: int, d: int) -> int:
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _weight_mask(node: Node) -> np.ndarray:
+    if "w_mask" in node.arrays:
+        return node.arrays["w_mask"]
+    c = node.attrs["in_channels"]
+    return np.broadcast_to(pack_bits(np.ones(c, dtype=bool)), node.arrays["w_bits"].shape)
+
+
+def bconv_dot(x: np.ndarray, node: Node) -> np.ndarray:
+    """Integer pre-activations (N, Ho, Wo, O) of a binary conv on NHWC input ``x``."""
+    neg, nz = binarize_input(x, node)
+    a = pack_bits(neg)
+    m = pack_bits(np.ones_like(neg) if nz is None else nz)
+    (ph, pw), (sh, sw), (dh, dw) = node.attrs["padding"], node.attrs["stride"], node.attrs["dilation"]
+    pad = ((0, 0), (ph, ph), (pw, pw), (0, 0))
+    a, m = np.pad(a, pad), np.pad(m, pad)  # padding pixels: mask 0 -> contribute nothing
+    w, wm = node.arrays["w_bits"], _weight_mask(node)
+    o, kh_, kw_, _ = w.shape
+    n, h, wd = x.shape[0], x.shape[1], x.shape[2]
+    ho, wo = out_hw(h, kh_, sh, ph, dh), out_hw(wd, kw_, sw, pw, dw)
+    dot = np.zeros((n, ho, wo, o), dtype=np.int64)
+    for kh in range(kh_):
+        for kw in range(kw_):
+            rows = slice(kh * dh, kh * dh + (ho - 1) * sh + 1, sh)
+            cols = slice(kw * dw, kw * dw + (wo - 1) * sw + 1, sw)
+            at, mt = a[:, rows, cols, None, :], m[:, rows, cols, None, :]  # (N, Ho, Wo, 1, Cw)
+            both = mt & wm[:, kh, kw, :]  # (N, Ho, Wo, O, Cw)
+            diff = (at ^ w[:, kh, kw, :]) & both
+            dot += np.bitwise_count(both).sum(-1, dtype=np.int64) - 2 * np.bitwise_count(diff).sum(
+                -1, dtype=np.int64
+            )
+    return dot
+
+
+def blinear_dot(x: np.ndarray, node: Node) -> np.ndarray:
+    """Integer pre-activations (N, O) of a binary linear layer on (N, F) input."""
+    neg, nz = binarize_input(x, node)
+    a = pack_bits(neg)[:, None, :]
+    m = pack_bits(np.ones_like(neg) if nz is None else nz)[:, None, :]
+    both = m & _weight_mask(node)
+    diff = (a ^ node.arrays["w_bits"]) & both
+    return np.bitwise_count(both).sum(-1, dtype=np.int64) - 2 * np.bitwise_count(diff).sum(-1, dtype=np.int64)
+
+
+def affine_out(dot: np.ndarray, node: Node) -> np.ndarray:
+    y = dot * node.arrays["out_mul"].astype(np.float64) + node.arrays["out_add"].astype(np.float64)
+    return y.astype(np.float32)
+
+
+class ReferenceOps:
+    """One method per op; tensors are NHWC float32."""
+
+    name = "reference"
+
+    def bdot(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return bconv_dot(x, node) if node.op == "bconv" else blinear_dot(x, node)
+
+    def bconv(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return affine_out(bconv_dot(x, node), node)
+
+    def blinear(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return affine_out(blinear_dot(x, node), node)
+
+    def conv(self, node: Node, x: np.ndarray) -> np.ndarray:
+        w = node.arrays["weight"]  # (O, C, KH, KW)
+        (ph, pw), (sh, sw), (dh, dw) = node.attrs["padding"], node.attrs["stride"], node.attrs["dilation"]
+        o, c, kh_, kw_ = w.shape
+        xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        ho, wo = out_hw(x.shape[1], kh_, sh, ph, dh), out_hw(x.shape[2], kw_, sw, pw, dw)
+        y = np.zeros((x.shape[0], ho, wo, o), dtype=np.float32)
+        for kh in range(kh_):
+            for kw in range(kw_):
+                xt = xp[
+                    :,
+                    kh * dh : kh * dh + (ho - 1) * sh + 1 : sh,
+                    kw * dw : kw * dw + (wo - 1) * sw + 1 : sw,
+                    :,
+                ]
+                y += xt @ w[:, :, kh, kw].T
+        return y + node.arrays["bias"]
+
+    def linear(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return x @ node.arrays["weight"].T + node.arrays["bias"]
+
+    def affine(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return x * node.arrays["mul"] + node.arrays["add"]
+
+    def hardtanh(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return np.clip(x, np.float32(node.attrs["min"]), np.float32(node.attrs["max"]))
+
+    def relu(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, np.float32(0))
+
+    def _pool(self, node: Node, x: np.ndarray, pad_value: float, reduce) -> np.ndarray:
+        (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+        dh, dw = node.attrs.get("dilation", [1, 1])
+        xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
+        win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
+        win = win[:, ::sh, ::sw, :, ::dh, ::dw]
+        return reduce(win, axis=(-2, -1)).astype(np.float32)
+
+    def maxpool(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return self._pool(node, x, -np.inf, np.max)
+
+    def avgpool(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return self._pool(node, x, 0.0, np.mean)
+
+    def gap(self, node: Node, x: np.ndarray) -> np.ndarray:
+        return x.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
+
+    def add(self, node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a + b
+
+    def slice(self, node: Node, x: np.ndarray) -> np.ndarray:
+        sl = [slice(*s) for s in node.attrs["nchw_slices"]]
+        sl += [slice(None)] * (4 - len(sl))
+        if x.ndim == 4:
+            return np.ascontiguousarray(x[sl[0], sl[2], sl[3], sl[1]])
+        return x[tuple(sl[: x.ndim])]
+
+    def pad(self, node: Node, x: np.ndarray) -> np.ndarray:
+        p = node.attrs["torch_pad"]  # pairs from the last NCHW dim backwards
+        pairs = [(p[i], p[i + 1]) for i in range(0, len(p), 2)]
+        nchw = [(0, 0)] * x.ndim
+        for i, pr in enumerate(pairs):
+            nchw[x.ndim - 1 - i] = pr
+        width = [nchw[0], nchw[2], nchw[3], nchw[1]] if x.ndim == 4 else nchw
+        return np.pad(x, width)
+
+    def flatten(self, node: Node, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 4:  # torch flattens in (C, H, W) order
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x).reshape(x.shape[0], -1)
