@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .errors import RbnnError
@@ -16,14 +17,16 @@ from .errors import RbnnError
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train
+    from .train.distributed import env_world_size
 
     cfg = load_config(args.config, args.overrides)
-    if cfg.nproc > 1:
+    if cfg.nproc > 1 and env_world_size() <= 1:  # under torchrun (WORLD_SIZE set) this process is one rank
         from .train.launch import launch_distributed
 
-        return launch_distributed(args)
+        return launch_distributed(args, cfg.nproc)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    _print_summary(summary)
+    if summary.get("rank", 0) == 0:
+        _print_summary(summary)
     return 0
 
 
@@ -134,13 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    rank = int(os.environ.get("RANK", "0") or 0)  # torchrun / nproc=N children: only rank 0 talks
+    level = logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except RbnnError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        else:  # every rank usually hits the same error; rank 0 reports it, the others say they stopped
+            print(f"rank {rank} stopped: {e}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

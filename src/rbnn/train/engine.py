@@ -41,7 +41,11 @@ class TrainingDiverged(RbnnError):
 
 
 class Interrupted(RbnnError):
-    pass
+    """SIGTERM/SIGINT: a consistent ``last.pt`` was written; the CLI exits with 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,22 +136,64 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.model}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
+def check_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    """The run directory of ``cfg`` after checking that this run may use it; changes nothing on disk."""
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RbnnError(f"run directory {run_dir} exists and is not a directory")
     occupied = run_dir.exists() and any(run_dir.iterdir())
     if resume:
         if not (run_dir / "last.pt").is_file():
             raise CheckpointError(f"cannot resume: {run_dir / 'last.pt'} not found")
-        return run_dir
-    if occupied:
-        if not overwrite:
-            raise RbnnError(f"run directory {run_dir} already exists and is not empty; "
-                            "pass --resume to continue it or --overwrite to replace it")
-        if dist_utils.rank() == 0:
-            shutil.rmtree(run_dir)
-    if dist_utils.rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    elif occupied and not overwrite:
+        raise RbnnError(f"run directory {run_dir} already exists and is not empty; "
+                        "pass --resume to continue it or --overwrite to replace it")
     return run_dir
+
+
+def create_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Rank 0 only: replace (``overwrite``) or create the run directory; on resume, drop the temp files a
+    killed writer left behind (``.last.pt.*.tmp``: the rename never happened, so they are incomplete)."""
+    if resume:
+        for tmp in run_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        return
+    if overwrite and run_dir.exists() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    run_dir = check_run_dir(cfg, resume, overwrite)
+    if dist_utils.rank() == 0:
+        create_run_dir(run_dir, resume, overwrite)
+    return run_dir
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (the checkpoint's own bytes are fsynced before the rename)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _reenter_epoch(cb: Callback, epoch: int, total_epochs: int) -> None:
+    """Resuming a mid-epoch checkpoint: its epoch-start work already happened before the checkpoint was
+    written (and its effects, such as R1/R2, are in the restored state). A callback may define
+    ``on_epoch_resume``; otherwise ``on_epoch_start`` is re-run (it must then be a pure function of the epoch, as the schedules
+    are), except the rotation update, which would recompute R from mid-epoch weights."""
+    hook = getattr(cb, "on_epoch_resume", None)
+    if hook is not None:
+        hook(epoch, total_epochs)
+    elif not isinstance(cb, RotationUpdate):
+        cb.on_epoch_start(epoch, total_epochs)
 
 
 def build_callbacks(model: nn.Module, cfg: Config) -> list[Callback]:
@@ -189,7 +235,20 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
 
     ``stop_after_epochs`` ends this call early (after that many epochs) as a crash would, leaving a run that
     ``resume=True`` continues; the schedules still follow ``cfg.epochs``.
+
+    Under ``torchrun`` (or ``rbnn train nproc=N``), ``WORLD_SIZE > 1`` in the environment: the process group
+    is created here (gloo on CPU, nccl on CUDA with ``cuda:LOCAL_RANK``) before the loaders are built, and
+    destroyed on the way out. Only rank 0 writes files; every rank returns the same summary.
     """
+    created = dist_utils.init_from_env(cfg.device)
+    try:
+        return _train(cfg, resume, overwrite, stop_after_epochs)
+    finally:
+        if created:
+            dist_utils.destroy()
+
+
+def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | None) -> dict[str, Any]:
     from ..data import build_loaders
 
     if cfg.threads > 0:
@@ -197,14 +256,20 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
     rank, world = dist_utils.rank(), dist_utils.world_size()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist_utils.local_rank())  # one GPU per process
+    if world > 1 and cfg.sync_bn and device.type == "cpu":
+        raise ConfigError("config key 'sync_bn': true needs CUDA devices (torch's SyncBatchNorm does not run "
+                          "on CPU); use sync_bn=false with device=cpu")
     main = rank == 0
-    run_dir = prepare_run_dir(cfg, resume, overwrite)
+    # check only; nothing on disk changes until the data and the model are known to be good
+    run_dir = check_run_dir(cfg, resume, overwrite)
     if cfg.batch_size % world:
         raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is not divisible by {world} processes")
 
     train_loader, test_loader, info = build_loaders(cfg.data, cfg.batch_size, cfg.eval_batch_size, cfg.seed,
                                                     rank=rank, world_size=world)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # identical model init on every rank (DDP also broadcasts rank 0's at wrap)
     model = build_model(cfg, info.num_classes, tuple(info.input_size)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -222,20 +287,35 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     train_model = dist_utils.wrap_ddp(model, device, cfg.sync_bn) if world > 1 else model
 
     start_epoch, best_acc, best_epoch, rows, train_seconds = 0, -1.0, -1, [], 0.0
+    in_epoch: dict[str, Any] | None = None  # position inside an epoch, from a SIGTERM checkpoint
     if resume:
-        state = load_checkpoint(run_dir / "last.pt", map_location=device)
+        ckpt = run_dir / "last.pt"
+        state = load_checkpoint(ckpt, map_location=device)
         if state.get("model_name") != cfg.model or state.get("method") != cfg.method.name:
-            raise CheckpointError(f"{run_dir / 'last.pt'} is from model '{state.get('model_name')}' method "
+            raise CheckpointError(f"{ckpt} is from model '{state.get('model_name')}' method "
                                   f"'{state.get('method')}', not '{cfg.model}' '{cfg.method.name}'")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for cb, cb_state in zip(callbacks, state.get("callbacks", [])):
-            cb.load_state_dict(cb_state)
-        start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
-        rows, train_seconds = state.get("metrics", []), state.get("train_seconds", 0.0)
-        torch.set_rng_state(state["rng"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            for cb, cb_state in zip(callbacks, state.get("callbacks", [])):
+                cb.load_state_dict(cb_state)
+            start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+            rows, train_seconds = state.get("metrics", []), state.get("train_seconds", 0.0)
+            torch.set_rng_state(state["rng"].cpu())
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{ckpt} does not match model '{cfg.model}' with method "
+                                  f"'{cfg.method.name}' and this config: {first[:200]}") from None
+        in_epoch = state.get("in_epoch")
+        if start_epoch >= cfg.epochs and in_epoch is None:
+            log.info("%s already holds all %d epochs", ckpt, cfg.epochs)
+    dist_utils.barrier()  # every rank has checked the run directory before rank 0 changes it
     if main:
+        create_run_dir(run_dir, resume, overwrite)
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    dist_utils.barrier()  # ... and the other ranks start only once it exists
     metrics = MetricsLog(run_dir / "metrics.csv", rows, run_dir / "tb" if (cfg.tensorboard and main) else None)
     for cb in callbacks:
         cb.on_train_start(model)
@@ -244,32 +324,63 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     if steps == 0:
         raise ConfigError("the training set is smaller than one batch; lower batch_size or raise data.subset")
 
-    def checkpoint(epoch_done: int, name: str = "last.pt") -> None:
+    def checkpoint(epoch_done: int, name: str = "last.pt", in_epoch: dict[str, Any] | None = None) -> None:
+        """``in_epoch`` (SIGTERM mid-epoch): batches done in epoch ``epoch_done`` and the partial sums."""
         if not main:
             return
-        save_checkpoint({
+        state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch_done,
             "best_acc": best_acc, "best_epoch": best_epoch, "metrics": metrics.rows,
             "callbacks": [cb.state_dict() for cb in callbacks], "rng": torch.get_rng_state(),
             "config": to_dict(cfg), "model_name": cfg.model, "method": cfg.method.name,
             "dataset": {"name": info.name, "num_classes": info.num_classes, "input_size": list(info.input_size)},
             "train_seconds": train_seconds, "rbnn_version": __version__,
-        }, run_dir / name)
+        }
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        if in_epoch is not None:
+            state["in_epoch"] = in_epoch
+        save_checkpoint(state, run_dir / name)
+        _fsync_dir(run_dir)
+
+    def agree(*flags: bool) -> list[bool]:
+        """The same decision on every rank (any rank's True wins); free in a single process."""
+        if world == 1:
+            return list(flags)
+        return [v > 0 for v in dist_utils.all_reduce_sum([float(f) for f in flags], device)]
+
+    def stopped(epoch: int, where: str) -> Interrupted:
+        signum = stop.signal or signal.SIGTERM
+        name = signal.Signals(signum).name
+        return Interrupted(f"stopped by {name} {where}; wrote {run_dir / 'last.pt'} "
+                           f"(continue with --resume)", signum)
 
     log.info("run %s: %s / %s on %s, %d train / %d test images, %d epochs", run_dir, cfg.model,
              cfg.method.name, info.name, info.train_size, info.test_size, cfg.epochs)
     with _StopFlag() as stop:
         end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
+        if in_epoch is not None and start_epoch < cfg.epochs:
+            end_epoch = max(end_epoch, start_epoch + 1)
         for epoch in range(start_epoch, end_epoch):
-            for cb in callbacks:
-                cb.on_epoch_start(epoch, cfg.epochs)
+            skip, seconds_before = 0, 0.0
+            loss_sum, aux_sum, correct, seen = 0.0, 0.0, 0.0, 0.0
+            if in_epoch is not None and epoch == start_epoch:
+                for cb in callbacks:
+                    _reenter_epoch(cb, epoch, cfg.epochs)
+                skip, seconds_before = int(in_epoch["batches_done"]), float(in_epoch["seconds"])
+                if main:  # rank 0 carries the (all-reduced) partial sums, the others restart theirs at 0
+                    loss_sum, aux_sum, correct, seen = (float(v) for v in in_epoch["sums"])
+            else:
+                for cb in callbacks:
+                    cb.on_epoch_start(epoch, cfg.epochs)
             train_loader.set_epoch(epoch)
             model.train()
             t0 = time.perf_counter()
-            loss_sum, aux_sum, correct, seen = 0.0, 0.0, 0.0, 0.0
             for b, (x, y) in enumerate(progress(train_loader, steps, f"epoch {epoch + 1}/{cfg.epochs}",
                                                 cfg.progress and main)):
                 lr = cfg.optim.lr * lr_factor(epoch, b, steps, cfg.epochs, cfg.schedule)
+                if b < skip:  # the loader is a pure function of (seed, epoch): skipping replays it exactly
+                    continue
                 set_lr(optimizer, lr)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if cfg.channels_last:
@@ -284,10 +395,16 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
                         task = (1 - cfg.distill.weight) * task + cfg.distill.weight * kd
                     aux = sum((m.auxiliary_loss() for m in aux_modules), torch.zeros((), device=device))
                 loss = task + aux
-                if not torch.isfinite(loss):
+                bad = not bool(torch.isfinite(loss.detach()))
+                if world > 1:  # every rank must stop at the same step, or the others hang in all-reduce
+                    bad = agree(bad)[0]
+                if bad:
+                    last_pt = run_dir / "last.pt"
+                    kept = (f"the last good checkpoint {last_pt} is unchanged" if last_pt.is_file()
+                            else "no checkpoint was written")
                     raise TrainingDiverged(
-                        f"loss became {float(loss)} at epoch {epoch + 1} batch {b + 1}; stopped. The last good "
-                        f"checkpoint is {run_dir / 'last.pt'} (lower optim.lr or check the data)")
+                        f"loss became {float(loss)} at epoch {epoch + 1} batch {b + 1}; stopped, {kept} "
+                        f"(lower optim.lr or check the data)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for cb in callbacks:
@@ -299,10 +416,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
                 aux_sum += float(aux.detach()) * y.numel()
                 correct += float((out.argmax(1) == y).sum())
                 seen += y.numel()
-                if stop.signal is not None:
-                    raise Interrupted(f"stopped by signal {stop.signal} during epoch {epoch + 1}; the last "
-                                      f"complete epoch is in {run_dir / 'last.pt'} (resume with --resume)")
-            epoch_seconds = time.perf_counter() - t0
+                if agree(stop.signal is not None)[0]:
+                    sums = dist_utils.all_reduce_sum([loss_sum, aux_sum, correct, seen], device)
+                    checkpoint(epoch, in_epoch={"batches_done": b + 1, "sums": sums,
+                                                "seconds": seconds_before + time.perf_counter() - t0})
+                    raise stopped(epoch, f"after batch {b + 1}/{steps} of epoch {epoch + 1}")
+            epoch_seconds = seconds_before + time.perf_counter() - t0
             train_seconds += epoch_seconds
             loss_sum, aux_sum, correct, seen = dist_utils.all_reduce_sum([loss_sum, aux_sum, correct, seen], device)
             ev = evaluate(model, test_loader, device, cfg.amp, cfg.progress and main)
@@ -317,11 +436,18 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
                 row.update(cb.on_epoch_end(epoch))
             if main:
                 metrics.append(row)
+            else:  # same rows in memory on every rank (all values are all-reduced), written by rank 0 only
+                metrics.rows.append(row)
             if ev["acc"] > best_acc:
                 best_acc, best_epoch = ev["acc"], epoch + 1
                 checkpoint(epoch + 1, "best.pt")
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            saved = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+            if saved:
                 checkpoint(epoch + 1)
+            if epoch + 1 < end_epoch and agree(stop.signal is not None)[0]:  # signal during eval
+                if not saved:
+                    checkpoint(epoch + 1)
+                raise stopped(epoch, f"at the end of epoch {epoch + 1}")
             log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  (%.0f img/s)", epoch + 1,
                      cfg.epochs, row["train_loss"], row["train_acc"], ev["loss"], ev["acc"], row["train_img_per_s"])
     metrics.close()
@@ -335,7 +461,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         "params": sum(p.numel() for p in model.parameters()),
         "binary_layers": list(getattr(model, "binarization", {}).get("binary_layers", [])),
         "float_layers": list(getattr(model, "binarization", {}).get("float_layers", [])),
-        "run_dir": str(run_dir), "device": str(device), "world_size": world, "threads": torch.get_num_threads(),
+        "run_dir": str(run_dir), "device": str(device), "world_size": world, "rank": rank,
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "rbnn": __version__,
     }
     if init_report is not None:
