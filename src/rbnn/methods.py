@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from .nn.layers import BinaryConv2d, BinaryLinear
+from .nn.rebnn import RealWeightRecipe
 from .nn.recipe import BinaryRecipe
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,18 @@ METHODS: dict[str, BinaryRecipe | None] = {
                             act_rule="rbnn", **_RBNN_T),
     "rbnn-BTR": BinaryRecipe(weight_estimator="rbnn", weight_scale="mean_abs", act_estimator="rbnn",
                              act_rule="rbnn", **_RBNN_T, rotation=True, adjustable=False, rotation_grad="full"),
+    # ReBNN (spec §4): RSign activations (learnable shift, ApproxSign backward) for all of them.
+    # rebnn: the paper -- learnable alpha (init mean|w_c|), clipped STE, adaptive gamma (Eq. 3.150, clamped).
+    "rebnn": BinaryRecipe(weight_estimator="clipped_ste", weight_scale="rebnn", act_estimator="approx",
+                          act_transform="shift", gamma_mode="adaptive", gamma=2e-4, gamma_min=1e-5),
+    # rebnn-released: the released code -- 0.02|s| scale (s ~ randn), identity STE, gamma = 2e-4 constant.
+    "rebnn-released": BinaryRecipe(weight_estimator="ste", weight_scale="rebnn_released", act_estimator="approx",
+                                   act_transform="shift", gamma_mode="constant", gamma=2e-4),
+    # learned-scale: the paper's binarizer with gamma = 0 (learnable alpha, no reconstruction term).
+    "learned-scale": BinaryRecipe(weight_estimator="clipped_ste", weight_scale="rebnn", act_estimator="approx",
+                                  act_transform="shift", gamma_mode="constant", gamma=0.0, gamma_min=0.0),
+    # rebnn-stage1: ReActNet/ReBNN stage 1, W32A1 (real weights, RSign activations).
+    "rebnn-stage1": RealWeightRecipe(weight_scale="rebnn", act_estimator="approx", act_transform="shift"),
 }
 
 

@@ -1,0 +1,126 @@
+"""Weight-oscillation metrics (ReBNN, spec §4.2) for every binary layer, as a training callback.
+
+Per binary layer, per epoch (metrics.csv columns):
+
+- ``<layer>/osc_seq``: the *sequential oscillation ratio*: the fraction of the layer's weights whose sign
+  changed in one optimizer step (sign(w) after the step vs before it), averaged over the epoch's steps;
+- ``<layer>/osc_epoch``: the *epoch-wise oscillation ratio*: the fraction of weights whose sign differs
+  between the end of the previous epoch (or the start of training) and the end of this epoch (inferred
+  definition, spec §4.2);
+- ``<layer>/gamma_mean``, ``<layer>/gamma_max`` (ReBNN layers only): the mean over the epoch's steps of the
+  layer's mean γ, and the largest per-channel γ seen in the epoch;
+
+plus ``osc_seq`` / ``osc_epoch`` / ``gamma_mean`` averaged over the layers. Signs use +1 at 0. Everything is
+accumulated on the weights' device (no host sync per step) and the state needed for exact resume is in
+``state_dict``.
+
+The engine calls ``on_train_start``, ``on_step_end`` (after ``optimizer.step()``) and ``on_epoch_end``; the
+class implements the whole callback protocol itself so ``diagnostics`` does not import ``train``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn.layers import binary_modules
+
+
+def _sign(w: torch.Tensor) -> torch.Tensor:
+    return torch.where(w >= 0, 1, -1).to(torch.int8)
+
+
+def sign_flip_fraction(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Fraction of entries whose sign (int8 ±1 tensors, or real tensors) differs, as a 0-d tensor."""
+    if a.dtype != torch.int8:
+        a = _sign(a)
+    if b.dtype != torch.int8:
+        b = _sign(b)
+    return (a != b).to(torch.float32).mean()
+
+
+class OscillationMonitor:
+    """Callback measuring sign oscillation of every binary layer's latent weight (see module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = binary_modules(model)
+        self.prev_step: dict[str, torch.Tensor] = {}
+        self.prev_epoch: dict[str, torch.Tensor] = {}
+        self._reset_sums()
+
+    def _reset_sums(self) -> None:
+        self.steps = 0
+        self.seq_sum: dict[str, torch.Tensor] = {}
+        self.gamma_sum: dict[str, torch.Tensor] = {}
+        self.gamma_max: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _weight(m) -> torch.Tensor:
+        return m.mixed_weight().detach()
+
+    # ---- callback protocol -------------------------------------------------------------------
+    @torch.no_grad()
+    def on_train_start(self, model: nn.Module) -> None:
+        for name, m in self.layers:
+            s = _sign(self._weight(m))
+            self.prev_step.setdefault(name, s)
+            self.prev_epoch.setdefault(name, s.clone())
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        self._reset_sums()
+
+    def on_after_backward(self, model: nn.Module) -> None: ...
+
+    @torch.no_grad()
+    def on_step_end(self, epoch: int, batch: int) -> None:
+        self.steps += 1
+        for name, m in self.layers:
+            s = _sign(self._weight(m))
+            prev = self.prev_step.get(name)
+            f = sign_flip_fraction(prev.to(s.device), s) if prev is not None else torch.zeros((), device=s.device)
+            self.seq_sum[name] = self.seq_sum[name] + f if name in self.seq_sum else f
+            self.prev_step[name] = s
+            g = getattr(m, "gamma", None)
+            if isinstance(g, torch.Tensor):
+                gm, gx = g.float().mean(), g.float().max()
+                self.gamma_sum[name] = self.gamma_sum[name] + gm if name in self.gamma_sum else gm
+                self.gamma_max[name] = torch.maximum(self.gamma_max[name], gx) if name in self.gamma_max else gx
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        seqs, epochs, gammas = [], [], []
+        n = max(self.steps, 1)
+        for name, m in self.layers:
+            s = _sign(self._weight(m))
+            prev = self.prev_epoch.get(name)
+            if name in self.seq_sum:
+                out[f"{name}/osc_seq"] = float(self.seq_sum[name]) / n
+                seqs.append(out[f"{name}/osc_seq"])
+            if prev is not None:
+                out[f"{name}/osc_epoch"] = float(sign_flip_fraction(prev.to(s.device), s))
+                epochs.append(out[f"{name}/osc_epoch"])
+            self.prev_epoch[name] = s
+            if name in self.gamma_sum:
+                out[f"{name}/gamma_mean"] = float(self.gamma_sum[name]) / n
+                out[f"{name}/gamma_max"] = float(self.gamma_max[name])
+                gammas.append(out[f"{name}/gamma_mean"])
+        for key, vals in (("osc_seq", seqs), ("osc_epoch", epochs), ("gamma_mean", gammas)):
+            if vals:
+                out[key] = sum(vals) / len(vals)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"prev_step": {k: v.cpu() for k, v in self.prev_step.items()},
+                "prev_epoch": {k: v.cpu() for k, v in self.prev_epoch.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prev_step = dict(state.get("prev_step", {}))
+        self.prev_epoch = dict(state.get("prev_epoch", {}))
+
+
+def oscillation_callbacks(model: nn.Module, cfg=None) -> list[OscillationMonitor]:
+    """``[OscillationMonitor(model)]`` when the model has binary layers and diagnostics are on, else ``[]``."""
+    if cfg is not None and not getattr(cfg, "diagnostics", True):
+        return []
+    return [OscillationMonitor(model)] if binary_modules(model) else []
