@@ -39,14 +39,19 @@ def child_command(args: argparse.Namespace) -> list[str]:
 
 
 def launch_distributed(args: argparse.Namespace, nproc: int | None = None) -> int:
+    """Run the parsed ``rbnn train`` command line in ``nproc`` (default: the config's) local processes."""
     from ..config import load_config
 
     if nproc is None:
         nproc = load_config(args.config, args.overrides).nproc
-    cmd = child_command(args)
+    return spawn(child_command(args), nproc)
+
+
+def spawn(cmd: list[str], nproc: int, env: dict[str, str] | None = None) -> int:
+    """Run ``cmd`` as ranks 0..nproc-1 of one process group on this machine; the first failure's status."""
     port = free_port()
     procs: list[subprocess.Popen] = []
-    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
+    base = dict(os.environ if env is None else env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
                 LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", NODE_RANK="0")
     for r in range(nproc):
         env = dict(base, RANK=str(r), LOCAL_RANK=str(r))
