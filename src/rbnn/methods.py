@@ -65,11 +65,13 @@ METHODS: dict[str, BinaryRecipe | None] = {
     "rebnn": BinaryRecipe(weight_estimator="clipped_ste", weight_scale="rebnn", act_estimator="approx",
                           act_transform="shift", gamma_mode="adaptive", gamma=2e-4, gamma_min=1e-5),
     # rebnn-released: the released code -- 0.02|s| scale (s ~ randn), identity STE, gamma = 2e-4 constant.
-    "rebnn-released": BinaryRecipe(weight_estimator="ste", weight_scale="rebnn_released", act_estimator="approx",
-                                   act_transform="shift", gamma_mode="constant", gamma=2e-4),
+    "rebnn-released": BinaryRecipe(weight_estimator="ste", weight_scale="rebnn_released",
+                                   act_estimator="approx", act_transform="shift", gamma_mode="constant",
+                                   gamma=2e-4),
     # learned-scale: the paper's binarizer with gamma = 0 (learnable alpha, no reconstruction term).
-    "learned-scale": BinaryRecipe(weight_estimator="clipped_ste", weight_scale="rebnn", act_estimator="approx",
-                                  act_transform="shift", gamma_mode="constant", gamma=0.0, gamma_min=0.0),
+    "learned-scale": BinaryRecipe(weight_estimator="clipped_ste", weight_scale="rebnn",
+                                  act_estimator="approx", act_transform="shift", gamma_mode="constant",
+                                  gamma=0.0, gamma_min=0.0),
     # rebnn-stage1: ReActNet/ReBNN stage 1, W32A1 (real weights, RSign activations).
     "rebnn-stage1": RealWeightRecipe(weight_scale="rebnn", act_estimator="approx", act_transform="shift"),
 }

@@ -77,14 +77,18 @@ class OscillationMonitor:
         for name, m in self.layers:
             s = _sign(self._weight(m))
             prev = self.prev_step.get(name)
-            f = sign_flip_fraction(prev.to(s.device), s) if prev is not None else torch.zeros((), device=s.device)
+            if prev is None:
+                f = torch.zeros((), device=s.device)
+            else:
+                f = sign_flip_fraction(prev.to(s.device), s)
             self.seq_sum[name] = self.seq_sum[name] + f if name in self.seq_sum else f
             self.prev_step[name] = s
             g = getattr(m, "gamma", None)
             if isinstance(g, torch.Tensor):
                 gm, gx = g.float().mean(), g.float().max()
                 self.gamma_sum[name] = self.gamma_sum[name] + gm if name in self.gamma_sum else gm
-                self.gamma_max[name] = torch.maximum(self.gamma_max[name], gx) if name in self.gamma_max else gx
+                old = self.gamma_max.get(name)
+                self.gamma_max[name] = gx if old is None else torch.maximum(old, gx)
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
@@ -120,7 +124,7 @@ class OscillationMonitor:
 
 
 def oscillation_callbacks(model: nn.Module, cfg=None) -> list[OscillationMonitor]:
-    """``[OscillationMonitor(model)]`` when the model has binary layers and diagnostics are on, else ``[]``."""
+    """``[OscillationMonitor(model)]`` if the model has binary layers and diagnostics are on, else ``[]``."""
     if cfg is not None and not getattr(cfg, "diagnostics", True):
         return []
     return [OscillationMonitor(model)] if binary_modules(model) else []

@@ -7,8 +7,8 @@ Each block has ONE binary 3×3 conv and its own real-valued shortcut:
 RSign, sign(x + β_c) with the ApproxSign backward, is the binary conv's own input binarization: the ReBNN
 recipes set ``act_transform="shift"`` (learnable per-channel ``act_shift``) and ``act_estimator="approx"``,
 so ``prepare`` turns every inner conv into RSign + binary conv. ``down`` is the identity, or AvgPool2 +
-1×1 FP conv + BN when the shape changes (kept float: ``float_layers``); the pool uses ``ceil_mode=True`` so odd
-sizes work (it equals ReActNet's pool on the even sizes of ImageNet).
+1×1 FP conv + BN when the shape changes (kept float: ``float_layers``); the pool uses ``ceil_mode=True``
+so odd sizes work (it equals ReActNet's pool on the even sizes of ImageNet).
 
 - ``reactnet18``: layers [4, 4, 4, 4] → 16 binary 3×3 convs; ``reactnet34``: [6, 8, 12, 6] → 32.
   Stem 7×7/2 FP conv + BN + 3×3/2 max-pool (no activation); head AdaptiveAvgPool + FP ``fc``.
@@ -52,7 +52,8 @@ def _down(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     pool: nn.Module = nn.AvgPool2d(2, stride=2, ceil_mode=True) if stride == 2 else nn.Identity()
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
-    return nn.Sequential(pool, nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+    conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+    return nn.Sequential(pool, conv, nn.BatchNorm2d(out_channels))
 
 
 class ReActBlock(nn.Module):
@@ -72,8 +73,9 @@ class ReActBlock(nn.Module):
 class ReActNet(nn.Module):
     """Stem, four stages of ReActBlocks (stride 2 at the first block of stages 2–4), avg pool, ``fc``."""
 
-    def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512), num_classes: int = 1000,
-                 in_channels: int = 3, input_size: tuple[int, ...] | None = None, small: bool = False) -> None:
+    def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512),
+                 num_classes: int = 1000, in_channels: int = 3, input_size: tuple[int, ...] | None = None,
+                 small: bool = False) -> None:
         super().__init__()
         h, w = spatial_size(input_size, (32, 32) if small else (224, 224))
         self.input_size = (in_channels, h, w)

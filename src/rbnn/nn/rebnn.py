@@ -148,7 +148,8 @@ def flip_fraction(prev_sign: torch.Tensor, cur_sign: torch.Tensor) -> torch.Tens
     return (prev_sign != cur_sign).to(torch.float32).flatten(1).mean(1)
 
 
-def gamma_rule(flip: torch.Tensor, grad_absmax: torch.Tensor, gamma_min: float, gamma_max: float) -> torch.Tensor:
+def gamma_rule(flip: torch.Tensor, grad_absmax: torch.Tensor, gamma_min: float,
+               gamma_max: float) -> torch.Tensor:
     """Eq. 3.150 with a correct clamp: clamp(flip_c · max_j|∂L/∂ŵ_cj|, gamma_min, gamma_max)."""
     if gamma_min > gamma_max:
         raise ValueError(f"need gamma_min <= gamma, got gamma_min={gamma_min}, gamma={gamma_max}")
@@ -170,7 +171,7 @@ def init_rebnn_state(layer) -> None:
     if not binarizes_weights(r):
         return  # W32A1: real weights, no ReBNN state
     if r.gamma_mode not in GAMMA_MODES:
-        raise ValueError(f"recipe field gamma_mode={r.gamma_mode!r}; expected one of {', '.join(GAMMA_MODES)}")
+        raise ValueError(f"recipe field gamma_mode={r.gamma_mode!r}; expected {' or '.join(GAMMA_MODES)}")
     if r.gamma < 0 or r.gamma_min < 0:
         raise ValueError(f"gamma and gamma_min must be >= 0, got {r.gamma}, {r.gamma_min}")
     if r.gamma_mode == "adaptive" and r.gamma_min > r.gamma:
@@ -208,8 +209,8 @@ def rebnn_weight(layer) -> torch.Tensor:
         return w
     stash = layer._rebnn_stash if torch.is_grad_enabled() else None
     if r.weight_scale == "rebnn":
-        return ReBNNWeight.apply(w, layer.rebnn_alpha, layer.gamma, r.zero, r.weight_estimator == "clipped_ste",
-                                 stash)
+        clip = r.weight_estimator == "clipped_ste"
+        return ReBNNWeight.apply(w, layer.rebnn_alpha, layer.gamma, r.zero, clip, stash)
     return ReBNNReleasedWeight.apply(w, layer.rebnn_s.abs(), layer.gamma, r.zero, stash)
 
 
@@ -217,7 +218,7 @@ class ReBNNMixin:
     """Methods of a ReBNN layer (mixed into BinaryConv2d / BinaryLinear by ``init_rebnn_state``)."""
 
     def deploy_scale(self) -> torch.Tensor:
-        """(C_out,) scale multiplying sign(w): α (paper; stays positive in practice) or 0.02·|s| (released)."""
+        """(C_out,) scale multiplying sign(w): α (paper; positive in practice) or 0.02·|s| (released)."""
         if self.recipe.weight_scale == "rebnn":
             return self.rebnn_alpha.detach().clone()
         return RELEASED_BIN * self.rebnn_s.detach().abs()
@@ -269,8 +270,8 @@ class ReBNNMixin:
                     self.prev_sign.copy_(sign_int8(w.detach()).to(self.prev_sign.device))
                 if prefix + "gamma" not in state_dict:
                     self.gamma.fill_(_initial_gamma(self.recipe))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
 
 def _all_reduce_max(t: torch.Tensor) -> torch.Tensor:
