@@ -45,7 +45,7 @@ def _print_summary(summary: dict) -> None:
         else:
             print(f"packed 1-bit model: {exp['file']} ({exp['file_bytes']:,} bytes, float32 weights "
                   f"{exp['float32_state_dict_bytes']:,} bytes); verified: integer pre-activations equal "
-                  f"{exp.get('integers_equal')}, argmax agreement {exp.get('argmax_agreement')}; "
+                  f"{exp.get('int_exact')}, argmax agreement {exp.get('argmax_agreement')}; "
                   f"{exp['speedup_vs_torch_eval']:.2f}x the speed of torch fp32 eval at batch {exp['batch']}")
 
 
