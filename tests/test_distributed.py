@@ -45,7 +45,8 @@ WORKER = textwrap.dedent('''
         def __init__(self, model):
             self.model = model
         def on_epoch_end(self, epoch):
-            rs = {n: b.detach().cpu().clone() for n, b in self.model.named_buffers() if n.endswith(("R1", "R2"))}
+            rs = {n: b.detach().cpu().clone() for n, b in self.model.named_buffers()
+                  if n.endswith(("R1", "R2"))}
             torch.save(rs, os.path.join(out, f"R_rank{rank}_epoch{epoch}.pt"))
             return {}
 
@@ -120,3 +121,13 @@ def test_nproc_launcher_reproduces_the_command_line():
 def test_sync_bn_on_cpu_is_a_config_error():
     with pytest.raises(ConfigError, match="sync_bn"):
         wrap_ddp(torch.nn.Sequential(torch.nn.BatchNorm2d(2)), torch.device("cpu"), sync_bn=True)
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
+    """The GPU options run on CPU too (autocast bf16 is supported there): device-agnostic engine."""
+    s = engine.train(load_config(None, ["threads=1", "data=synthetic", "data.subset=128", "data.test_subset=64",
+                                        "batch_size=64", "export=false", "model=smallnet", "method=rbnn",
+                                        "epochs=1", "amp=bf16", "channels_last=true", "device=cpu",
+                                        f"out={tmp_path / 'r'}"]))
+    assert s["device"] == "cpu" and s["final_train_loss"] == s["final_train_loss"]  # finite, not NaN
+    assert 0.0 <= s["test_acc"] <= 1.0

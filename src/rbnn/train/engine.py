@@ -93,10 +93,18 @@ def load_run_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not match model '{cfg.model}' with method "
-                              f"'{cfg.method.name}': {first}") from None
+                              f"'{cfg.method.name}': {_one_line(e)}") from None
     return model.to(device), cfg, state
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one line: load_state_dict's multi-line report becomes 'Missing key(s) ...; ...'."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    text = "; ".join(lines) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @torch.no_grad()
@@ -305,9 +313,8 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{ckpt} does not match model '{cfg.model}' with method "
-                                  f"'{cfg.method.name}' and this config: {first[:200]}") from None
+                                  f"'{cfg.method.name}' and this config: {_one_line(e)}") from None
         in_epoch = state.get("in_epoch")
         if start_epoch >= cfg.epochs and in_epoch is None:
             log.info("%s already holds all %d epochs", ckpt, cfg.epochs)
@@ -403,7 +410,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
                     kept = (f"the last good checkpoint {last_pt} is unchanged" if last_pt.is_file()
                             else "no checkpoint was written")
                     raise TrainingDiverged(
-                        f"loss became {float(loss)} at epoch {epoch + 1} batch {b + 1}; stopped, {kept} "
+                        f"loss became {float(loss.detach())} at epoch {epoch + 1} batch {b + 1}; stopped, {kept} "
                         f"(lower optim.lr or check the data)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

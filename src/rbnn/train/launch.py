@@ -48,7 +48,8 @@ def launch_distributed(args: argparse.Namespace, nproc: int | None = None) -> in
 
 
 def spawn(cmd: list[str], nproc: int, env: dict[str, str] | None = None) -> int:
-    """Run ``cmd`` as ranks 0..nproc-1 of one process group on this machine; the first failure's status."""
+    """Run ``cmd`` as ranks 0..nproc-1 of one process group on this machine; returns the first failure's
+    exit status (0 when every rank succeeds)."""
     port = free_port()
     procs: list[subprocess.Popen] = []
     base = dict(os.environ if env is None else env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
