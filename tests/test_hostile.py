@@ -22,8 +22,8 @@ from rbnn.errors import RbnnError
 from rbnn.train import engine
 
 ROOT = Path(__file__).resolve().parents[1]
-SYN = ["threads=1", "data=synthetic", "data.subset=256", "data.test_subset=128", "batch_size=64", "export=false",
-       "model=smallnet", "diagnostics=false", "device=cpu"]
+SYN = ["threads=1", "data=synthetic", "data.subset=256", "data.test_subset=128", "batch_size=64",
+       "export=false", "model=smallnet", "diagnostics=false", "device=cpu"]
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:
@@ -68,8 +68,8 @@ def idx_root(tmp_path) -> Path:
 
 def _train_fm(capsys, tmp_path, root, culprit, *extra):
     out = tmp_path / "run"
-    msg = _refused(capsys, "train", "model=smallnet", "method=xnor", "threads=1", "epochs=1", "batch_size=32",
-                   "export=false", "data=fashion-mnist", f"data.root={root}", f"out={out}", *extra, culprit=culprit)
+    msg = _refused(capsys, "train", "model=smallnet", "method=xnor", "threads=1", "epochs=1",
+                   "batch_size=32", "export=false", "data=fashion-mnist", f"data.root={root}", f"out={out}", *extra, culprit=culprit)
     assert not out.exists() or not any(out.iterdir())
     return msg
 
@@ -207,7 +207,8 @@ def test_checkpoint_with_pickled_code_is_refused(capsys, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(bad, run / "last.pt")
-    _refused(capsys, "train", "--resume", *SYN, "method=xnor", f"out={run}", culprit="could not be loaded safely")
+    _refused(capsys, "train", "--resume", *SYN, "method=xnor", f"out={run}",
+             culprit="could not be loaded safely")
     assert not marker.exists()
 
 
@@ -262,7 +263,8 @@ def test_nan_from_a_hook_in_epoch_one(tmp_path):
 
 
 # --- crash safety ------------------------------------------------------------------------------------------
-KILL = [*SYN, "method=rbnn", "epochs=4", "seed=2", "deterministic=true", "data.subset=512", "diagnostics=true"]
+KILL = [*SYN, "method=rbnn", "epochs=4", "seed=2", "deterministic=true", "data.subset=512",
+        "diagnostics=true"]
 TIMING = {"epoch_seconds", "train_img_per_s"}
 
 

@@ -52,8 +52,8 @@ def spawn(cmd: list[str], nproc: int, env: dict[str, str] | None = None) -> int:
     exit status (0 when every rank succeeds)."""
     port = free_port()
     procs: list[subprocess.Popen] = []
-    base = dict(os.environ if env is None else env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
-                LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", NODE_RANK="0")
+    base = dict(os.environ if env is None else env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", NODE_RANK="0")
     for r in range(nproc):
         env = dict(base, RANK=str(r), LOCAL_RANK=str(r))
         procs.append(subprocess.Popen(cmd, env=env))
