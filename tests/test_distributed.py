@@ -126,7 +126,8 @@ def test_sync_bn_on_cpu_is_a_config_error():
 def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
     """The GPU options run on CPU too (autocast bf16 is supported there): device-agnostic engine."""
     s = engine.train(load_config(None, ["threads=1", "data=synthetic", "data.subset=128",
-                                        "data.test_subset=64", "batch_size=64", "export=false", "model=smallnet", "method=rbnn",
+                                        "data.test_subset=64", "batch_size=64", "export=false",
+                                        "model=smallnet", "method=rbnn",
                                         "epochs=1", "amp=bf16", "channels_last=true", "device=cpu",
                                         f"out={tmp_path / 'r'}"]))
     assert s["device"] == "cpu" and s["final_train_loss"] == s["final_train_loss"]  # finite, not NaN

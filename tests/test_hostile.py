@@ -69,7 +69,8 @@ def idx_root(tmp_path) -> Path:
 def _train_fm(capsys, tmp_path, root, culprit, *extra):
     out = tmp_path / "run"
     msg = _refused(capsys, "train", "model=smallnet", "method=xnor", "threads=1", "epochs=1",
-                   "batch_size=32", "export=false", "data=fashion-mnist", f"data.root={root}", f"out={out}", *extra, culprit=culprit)
+                   "batch_size=32", "export=false", "data=fashion-mnist", f"data.root={root}", f"out={out}",
+                   *extra, culprit=culprit)
     assert not out.exists() or not any(out.iterdir())
     return msg
 
@@ -269,7 +270,8 @@ TIMING = {"epoch_seconds", "train_img_per_s"}
 
 
 def _metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(open(run / "metrics.csv"))]
+    rows = csv.DictReader(open(run / "metrics.csv"))
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 @pytest.fixture(scope="module")
