@@ -89,3 +89,22 @@ def test_fashion_mnist_subset_well_above_chance(tmp_path, fashion_root):
     s = train(load_config(None, ["model=smallnet", "method=xnor", "data.subset=3000", "data.test_subset=1000",
                                  "epochs=1", "export=false", f"out={tmp_path / 'f'}"]))
     assert s["test_acc"] > 0.6  # chance is 0.1
+
+
+def test_rotation_every_steps_and_period(tmp_path):
+    from rbnn.models import create
+    from rbnn.train.callbacks import RotationUpdate
+
+    torch.manual_seed(0)
+    model = create("smallnet", method="rbnn", rotation_every_steps=2, rotation_period=2)
+    cb = RotationUpdate(model)
+    R = model.conv2.R1.clone()
+    cb.on_epoch_start(1, 4)  # epoch 1 is not a multiple of the period
+    assert torch.equal(model.conv2.R1, R)
+    cb.on_step_end(1, 0)
+    assert torch.equal(model.conv2.R1, R)
+    with torch.no_grad():
+        model.conv2.weight.add_(torch.randn_like(model.conv2.weight))
+    cb.on_step_end(1, 1)  # second step: update
+    assert not torch.equal(model.conv2.R1, R)
+    assert cb.state_dict() == {"steps": 2}

@@ -46,6 +46,7 @@ class MethodConfig:
     rotation_grad: str | None = None
     rotation_cycles: int | None = None
     rotation_period: int | None = None
+    rotation_every_steps: int | None = None
     theta_init: float | None = None
     gamma_mode: str | None = None
     gamma: float | None = None

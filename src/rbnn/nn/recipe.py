@@ -39,7 +39,8 @@ class BinaryRecipe:
     adjustable: bool = True  # learn alpha=|sin theta| per channel; False: weight fully rotated
     rotation_grad: str = "stop"  # "stop": reference stop-gradient; "full": chain rule (1-a)I + a R
     rotation_cycles: int = 3
-    rotation_period: int = 1  # epochs between rotation updates
+    rotation_period: int = 1  # epochs between rotation updates (at epoch start, as the reference)
+    rotation_every_steps: int = 0  # >0: also update every N optimizer steps (a finer-grained option)
     theta_init: float = math.pi / 2
     # conventions
     zero: int = 1  # sign(0): 1 -> +1 (deployable), 0 -> torch.sign (reference)
@@ -62,8 +63,8 @@ class BinaryRecipe:
         check("act_rule", self.act_rule, ACT_RULES)
         check("rotation_grad", self.rotation_grad, ROTATION_GRADS)
         check("zero", self.zero, (0, 1))
-        if self.rotation_cycles < 0 or self.rotation_period < 1:
-            raise ValueError("rotation_cycles must be >= 0 and rotation_period >= 1")
+        if self.rotation_cycles < 0 or self.rotation_period < 1 or self.rotation_every_steps < 0:
+            raise ValueError("rotation_cycles and rotation_every_steps must be >= 0 and rotation_period >= 1")
         if not (0 < self.t_min <= self.t_max):
             raise ValueError(f"need 0 < t_min <= t_max, got t_min={self.t_min}, t_max={self.t_max}")
         if self.eps < 0:

@@ -54,14 +54,34 @@ class RotationUpdate(Callback):
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [(n, m) for n, m in binary_modules(model) if m.recipe.rotation]
+        self.steps = 0
+
+    @staticmethod
+    def _update(m) -> None:
+        if m.recipe.rotation_cycles == 0:
+            return
+        if dist_utils.rank() == 0:
+            m.update_rotation()
+        dist_utils.broadcast_(m.R1)
+        dist_utils.broadcast_(m.R2)
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         for _, m in self.layers:
-            if epoch % m.recipe.rotation_period == 0 and m.recipe.rotation_cycles > 0:
-                if dist_utils.rank() == 0:
-                    m.update_rotation()
-                dist_utils.broadcast_(m.R1)
-                dist_utils.broadcast_(m.R2)
+            if epoch % m.recipe.rotation_period == 0:
+                self._update(m)
+
+    def on_step_end(self, epoch: int, batch: int) -> None:
+        self.steps += 1
+        for _, m in self.layers:
+            n = m.recipe.rotation_every_steps
+            if n and self.steps % n == 0:
+                self._update(m)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state.get("steps", 0))
 
 
 class ModuleHooks(Callback):

@@ -1,0 +1,112 @@
+"""Config parsing/validation, optimizer groups, lr schedules, and CLI error handling."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rbnn.cli import main
+from rbnn.config import ScheduleConfig, load_config
+from rbnn.errors import ConfigError
+from rbnn.methods import prepare
+from rbnn.models import create
+from rbnn.train.optim import build_optimizer, lr_factor
+
+
+def test_overrides_and_section_shorthand(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: resnet20\nmethod: {name: irnet, eps: 1.0e-5}\noptim: {lr: 0.05}\n")
+    cfg = load_config(f, ["method=xnor", "data.subset=100", "optim.no_decay=*theta,*.scale", "epochs=2"])
+    assert cfg.model == "resnet20" and cfg.method.name == "xnor" and cfg.method.eps == 1e-5
+    assert cfg.optim.lr == 0.05 and cfg.data.subset == 100 and cfg.optim.no_decay == ["*theta", "*.scale"]
+
+
+@pytest.mark.parametrize("override,match", [
+    ("bogus=1", "unknown config key 'bogus'"),
+    ("optim.bogus=1", "unknown config key 'optim.bogus'"),
+    ("epochs=two", "config key 'epochs': expected an integer"),
+    ("optim.lr=-0.1", "config key 'optim.lr': must be > 0"),
+    ("deterministic=maybe", "expected true/false"),
+    ("schedule.name=exp", "schedule.name"),
+])
+def test_bad_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_no_decay_groups():
+    torch.manual_seed(0)
+    model = create("smallnet", method="rbnn")
+    cfg = load_config(None, ["optim.no_decay=*theta,*.scale"]).optim
+    opt = build_optimizer(model, cfg)
+    decay, plain = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain_names = sorted(names[id(p)] for p in plain["params"])
+    assert plain["weight_decay"] == 0 and decay["weight_decay"] == 1e-4
+    assert plain_names and all(n.endswith(("theta", ".scale")) for n in plain_names)
+    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_reference_warmup_then_cosine_epoch_granularity():
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=5, granularity="epoch")
+    f = [lr_factor(e, 0, 100, 1000, cfg) for e in range(7)]
+    assert f[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])  # lr 0.02 .. 0.1 with base 0.1
+    assert f[5] == pytest.approx(1.0) and f[6] < 1.0
+    assert lr_factor(999, 0, 100, 1000, cfg) < 1e-4
+
+
+def test_step_granularity_cosine_and_linear():
+    cos = ScheduleConfig(name="cosine")
+    assert lr_factor(0, 0, 10, 2, cos) == 1.0
+    assert lr_factor(1, 0, 10, 2, cos) == pytest.approx(0.5)
+    lin = ScheduleConfig(name="linear")
+    assert lr_factor(1, 5, 10, 4, lin) == pytest.approx(1 - 1.5 / 4)
+
+
+def test_cli_errors_are_one_line_and_exit_2(capsys):
+    assert main(["train", "bogus.key=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown config key 'bogus.key'")
+    assert main(["train", "optim.lr=-1"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    assert main(["train", "model=nonexistent", "data=synthetic", "threads=1"]) == 2
+    assert "nonexistent" in capsys.readouterr().err
+
+
+def test_missing_dataset_dir_message(tmp_path, capsys):
+    assert main(["train", f"data.root={tmp_path / 'nope'}", f"out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "nope") in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_summary_counts(capsys):
+    assert main(["summary", "model=resnet20", "method=rbnn", "--input-size", "3", "32", "32", "--json"]) == 0
+    import json
+    s = json.loads(capsys.readouterr().out)
+    binary = [r for r in s["layers"] if r["kind"] == "binary"]
+    floats = [r["layer"] for r in s["layers"] if r["kind"] == "float"]
+    assert len(binary) == 18 and floats == ["conv1", "fc"]
+    # packed: 1 bit per weight (16 channels pad to one 64-bit word per tap)
+    conv = next(r for r in binary if r["params"] >= 64 * 64 * 9)
+    assert conv["binary_ops"] > 0 and conv["flops"] == 0
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "rbnn", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout
+
+
+def test_prepare_on_model_zoo_reports_float_layers():
+    m = prepare(create("resnet18", num_classes=1000, method=None), "irnet")
+    assert "conv1" in m.binarization["float_layers"] and "fc" in m.binarization["float_layers"]
