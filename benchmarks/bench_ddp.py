@@ -42,7 +42,8 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     common = ["model=smallnet", "method=rbnn", "data=synthetic", f"data.subset={a.subset}",
-              "data.test_subset=256", "batch_size=128", f"epochs={a.epochs}", "export=false", "diagnostics=false", "device=cpu",
+              "data.test_subset=256", "batch_size=128", f"epochs={a.epochs}", "export=false",
+              "diagnostics=false", "device=cpu",
               "progress=false", *a.overrides]
     variants = {"ddp 2 proc x 1 thread": ["nproc=2", "threads=1"], "1 proc x 2 threads": ["threads=2"]}
     load0 = os.getloadavg()
