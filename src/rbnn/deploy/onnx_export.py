@@ -1,0 +1,103 @@
+"""ONNX export whose sign semantics match training.
+
+ONNX ``Sign(0) = 0``, so a bare ``Sign`` would turn sign(0)=+1 layers ternary. Each binary layer is replaced by
+an export-only module that holds its ±1·scale weight as a constant and binarizes its input with
+``torch.where(x >= 0, 1, -1)`` (→ ``GreaterOrEqual`` + ``Where``); layers trained with sign(0)=0 (faithful
+mode) use ``torch.sign``, which is exactly ONNX ``Sign``. Activation transforms (per-sample mean, per-channel
+shift) and the learned output scale are exported as ordinary ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.layers import BinaryConv2d, BinaryMixin
+from .exporter import ExportError, binary_weight_and_scale
+
+
+class _ExportBinary(nn.Module):
+    def __init__(self, layer: BinaryMixin) -> None:
+        super().__init__()
+        r = layer.recipe
+        if not getattr(r, "binarize_weights", True) or r.act_estimator is None:
+            raise ExportError(
+                f"{type(layer).__name__} with real-valued weights or activations has no 1-bit export"
+            )
+        b, m = binary_weight_and_scale(layer)
+        dt = layer.weight.dtype
+        shape = (-1, *([1] * (layer.weight.dim() - 1)))
+        self.register_buffer("weight", (torch.as_tensor(b) * torch.as_tensor(m).reshape(shape)).to(dt))
+        self.register_buffer("bias", None if layer.bias is None else self._bias(layer).to(dt))
+        self.conv = isinstance(layer, BinaryConv2d)
+        if self.conv:
+            self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.act_transform = r.act_transform
+        self.zero = r.zero
+        if r.act_transform == "shift":
+            self.register_buffer("shift", layer.act_shift.detach().clone())
+
+    @staticmethod
+    def _bias(layer: BinaryMixin) -> torch.Tensor:
+        b = layer.bias.detach()
+        if layer.recipe.weight_scale == "learned_output":
+            b = b * layer.scale.detach().reshape(-1)
+        return b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_transform == "shift":
+            x = x + self.shift.reshape(1, -1, *([1] * (x.dim() - 2)))
+        elif self.act_transform == "standardize_sample":
+            x = x - x.mean(dim=tuple(range(1, x.dim())), keepdim=True)  # the std never changes the sign
+        if self.zero == 1:
+            xb = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+        else:
+            xb = torch.sign(x)  # ONNX Sign: sign(0) = 0, as in faithful mode
+        if self.conv:
+            return F.conv2d(xb, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return F.linear(xb, self.weight, self.bias)
+
+
+def export_module(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (eval) where every binary layer is an export-only constant-weight module."""
+    m = copy.deepcopy(model).eval()
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, BinaryMixin):
+            parent_name, _, attr = name.rpartition(".")
+            parent = m.get_submodule(parent_name) if parent_name else m
+            setattr(parent, attr, _ExportBinary(mod))
+    return m
+
+
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, input_shape, *, opset: int = 17, dynamic_batch: bool = True
+) -> str:
+    """Export ``model`` to ONNX at ``path``; ``input_shape`` is (C, H, W) or (N, C, H, W). Returns the path."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) in (1, 3):
+        shape = (1, *shape)
+    m = export_module(model)
+    example = torch.zeros(shape, dtype=next(m.parameters(), torch.zeros(())).dtype)
+    path = os.fspath(path)
+    with torch.no_grad():
+        kw = {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}} if dynamic_batch else {}
+        try:
+            torch.onnx.export(
+                m,
+                (example,),
+                path,
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamo=False,
+                **kw,
+            )
+        except TypeError:  # torch without the dynamo flag
+            torch.onnx.export(
+                m, (example,), path, input_names=["input"], output_names=["logits"], opset_version=opset, **kw
+            )
+    return path

@@ -1,0 +1,235 @@
+"""Packed runtime: fast vs reference engines, odd shapes, pack/unpack properties, tampered files, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_deploy_helpers import mlp, rand_input, randomize, tiny
+from torch import nn
+
+import rbnn.deploy as deploy
+from rbnn.deploy import PackedFormatError
+from rbnn.deploy.packing import n_words, pack_bits, pack_signs, unpack_bits, unpack_signs
+from rbnn.errors import RbnnError
+from rbnn.methods import prepare
+
+SRC = str(Path(deploy.__file__).resolve().parents[2])
+
+
+# ---- packing properties ---------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 200), st.integers(0, 2**32 - 1))
+def test_pack_unpack_roundtrip(rows, k, seed):
+    bits = np.random.default_rng(seed).random((rows, k)) < 0.5
+    words = pack_bits(bits)
+    assert words.dtype == np.uint64 and words.shape == (rows, n_words(k))
+    np.testing.assert_array_equal(unpack_bits(words, k), bits)
+    # unused high bits are zero
+    assert int(np.bitwise_count(words).sum()) == int(bits.sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 150), st.integers(0, 2**32 - 1))
+def test_xnor_popcount_equals_dot(k, seed):
+    rng = np.random.default_rng(seed)
+    a = np.where(rng.random(k) < 0.5, -1.0, 1.0)
+    b = np.where(rng.random(k) < 0.5, -1.0, 1.0)
+    pa, pb = pack_signs(a), pack_signs(b)
+    dot = k - 2 * int(np.bitwise_count(pa ^ pb).sum())
+    assert dot == int(a @ b)
+    np.testing.assert_array_equal(unpack_signs(pa, k), a)
+
+
+def test_bit_order_is_little_endian_bit1_negative():
+    v = np.ones(70)
+    v[0] = v[65] = -1
+    w = pack_signs(v)
+    assert w.tolist() == [1, 2]
+
+
+# ---- fast vs reference --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["xnor", "rbnn", "irnet", "bireal", "rbnn-faithful"])
+@pytest.mark.parametrize("n", [1, 6])
+def test_fast_matches_reference_exactly(method, n, tmp_path):
+    # channels 67/130 (not multiples of 64), spatial 7x9 (Wo not a multiple of 4), stride 2, dilation
+    m = tiny(method, c1=67, c2=130)
+    p = tmp_path / "m.rbnn"
+    deploy.export(m, p, input_shape=(3, 7, 9))
+    x = rand_input((3, 7, 9), n, seed=n)
+    fast, refm = deploy.load(p, backend="fast"), deploy.load(p, backend="reference")
+    lf, lr = fast.layer_outputs(x), refm.layer_outputs(x)
+    assert lf.keys() == lr.keys()
+    for k in lf:
+        np.testing.assert_array_equal(lf[k], lr[k])
+    np.testing.assert_allclose(fast.predict(x), refm.predict(x), rtol=1e-5, atol=1e-5)
+    rep = deploy.verify(m, fast, x)
+    assert rep["ok"], rep
+
+
+@pytest.mark.parametrize(
+    "o,c,hw,k,s,p",
+    [
+        (5, 3, 6, 3, 1, 1),
+        (9, 65, 5, 3, 2, 1),
+        (13, 130, 11, 1, 1, 0),
+        (4, 64, 4, 3, 1, 2),
+        (7, 200, 9, 5, 3, 2),
+    ],
+)
+def test_bconv_odd_shapes(o, c, hw, k, s, p, tmp_path):
+    torch.manual_seed(o)
+    net = nn.Sequential(nn.Conv2d(2, c, 1), nn.Conv2d(c, o, k, stride=s, padding=p), nn.Flatten())
+    prepare(net, "xnor", skip=["0"])
+    randomize(net)
+    path = tmp_path / "m.rbnn"
+    deploy.export(net, path, input_shape=(2, hw, hw + 1))
+    for n in (1, 3):
+        x = rand_input((2, hw, hw + 1), n, seed=n)
+        rep = deploy.verify(net, path, x)
+        assert rep["ok"], rep
+        lr = deploy.load(path, backend="reference").layer_outputs(x)
+        lf = deploy.load(path, backend="fast").layer_outputs(x)
+        np.testing.assert_array_equal(lr["1"], lf["1"])
+
+
+def test_binary_linear_fast(tmp_path):
+    m = mlp("xnor")
+    p = tmp_path / "m.rbnn"
+    deploy.export(m, p, input_shape=(70,))
+    rep = deploy.verify(m, p, rand_input((70,), 5))
+    assert rep["ok"], rep
+
+
+# ---- tampered files ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def good_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("t") / "m.rbnn"
+    deploy.export(tiny("xnor"), p, input_shape=(3, 8, 8))
+    return p
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    entries = dict(np.load(src, allow_pickle=False))
+    edit(entries)
+    with open(dst, "wb") as f:
+        np.savez(f, **entries)
+    return dst
+
+
+def _header_edit(fn):
+    def edit(e):
+        h = json.loads(bytes(e["__rbnn_header__"]).decode())
+        fn(h)
+        e["__rbnn_header__"] = np.frombuffer(json.dumps(h).encode(), dtype=np.uint8)
+
+    return edit
+
+
+def _bconv_key(e):
+    return next(k for k in e if k.endswith(":w_bits"))
+
+
+@pytest.mark.parametrize(
+    "case,edit,msg",
+    [
+        (
+            "magic",
+            lambda e: e.__setitem__("__rbnn_magic__", np.frombuffer(b"NOTRBNN-PACK", np.uint8)),
+            "bad magic",
+        ),
+        ("nomagic", lambda e: e.pop("__rbnn_magic__"), "no magic"),
+        ("version", _header_edit(lambda h: h.__setitem__("version", 99)), "version 99"),
+        ("missing", lambda e: e.pop(_bconv_key(e)), "missing array"),
+        ("shape", lambda e: e.__setitem__(_bconv_key(e), e[_bconv_key(e)][:-1]), "header says"),
+        ("dtype", lambda e: e.__setitem__(_bconv_key(e), e[_bconv_key(e)].astype(np.int64)), "header says"),
+        (
+            "header",
+            lambda e: e.__setitem__("__rbnn_header__", np.frombuffer(b"{nope", np.uint8)),
+            "corrupt header",
+        ),
+        ("op", _header_edit(lambda h: h["nodes"][1].__setitem__("op", "softmax")), "unknown op"),
+        (
+            "attrs",
+            _header_edit(
+                lambda h: next(n for n in h["nodes"] if n["op"] == "bconv")["attrs"].__setitem__(
+                    "in_channels", 999
+                )
+            ),
+            "expected",
+        ),
+    ],
+)
+def test_tampered_files(good_file, tmp_path, case, edit, msg):
+    bad = _rewrite(good_file, tmp_path / f"{case}.rbnn", edit)
+    with pytest.raises(PackedFormatError, match=msg) as ei:
+        deploy.load(bad)
+    text = str(ei.value)
+    assert "\n" not in text and str(bad) in text
+    assert isinstance(ei.value, RbnnError)
+
+
+def test_truncated_and_garbage(good_file, tmp_path):
+    data = good_file.read_bytes()
+    trunc = tmp_path / "trunc.rbnn"
+    trunc.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "garbage.rbnn"
+    garbage.write_bytes(b"hello world" * 10)
+    for p in (trunc, garbage, tmp_path / "absent.rbnn"):
+        with pytest.raises(PackedFormatError, match=str(p.name)):
+            deploy.load(p)
+
+
+def test_not_zip_but_npy(tmp_path):
+    p = tmp_path / "x.rbnn"
+    with open(p, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(PackedFormatError):
+        deploy.load(p)
+
+
+def test_readable_with_plain_numpy(good_file):
+    with np.load(good_file, allow_pickle=False) as z:
+        assert "__rbnn_header__" in z.files
+        assert all(z[k].dtype != object for k in z.files)
+    assert zipfile.is_zipfile(good_file)
+
+
+# ---- no torch in the runtime ----------------------------------------------------------------------------
+def test_runtime_does_not_import_torch(good_file, tmp_path):
+    x = rand_input((3, 8, 8), 2)
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys, numpy as np\n"
+        "import rbnn.deploy as d\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        "for be in ('reference', 'fast'):\n"
+        f"    m = d.load({str(good_file)!r}, backend=be)\n"
+        "    y = m.predict(x); m.layer_outputs(x)\n"
+        f"d.size_report({str(good_file)!r})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(y.shape)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "(2, 5)" in r.stdout
+
+
+def test_size_report_rows(good_file):
+    rows = deploy.size_report(good_file)
+    kinds = {r["name"]: r["kind"] for r in rows}
+    assert kinds["conv1"] == "float" and kinds["fc"] == "float" and kinds["conv2"] == "binary"
+    total = rows[-1]
+    assert total["kind"] == "total" and total["file_bytes"] == os.path.getsize(good_file)
+    conv2 = next(r for r in rows if r["name"] == "conv2")
+    assert conv2["params"] == 24 * 16 * 9 and conv2["weight_packed_bytes"] == 24 * 9 * 8
