@@ -404,3 +404,34 @@ def test_tiny_training_run_decreases_loss_with_metrics(tmp_path):
     for key in ("layer1.0.conv/osc_seq", "layer1.0.conv/osc_epoch", "layer1.0.conv/gamma_mean", "aux_loss"):
         assert key in rows[-1] and rows[-1][key] != ""
     assert 0 <= float(rows[-1]["layer1.0.conv/osc_seq"]) <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DDP: γ identical on every rank
+def _ddp_gamma_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        layer = _linear("rebnn", out_f=3, in_f=10, seed=0)  # identical weights on both ranks
+        with torch.no_grad():
+            layer.weight[:, :5] *= -1  # 50 % flipped vs prev_sign, in every channel
+        # rank-local task gradients differ: the captured max must be all-reduced (MAX) before γ
+        layer._rebnn_stash["grad_absmax"] = torch.tensor([1e-4, 1e-5, 1e-6], dtype=torch.float64) * (rank + 1)
+        layer.on_after_backward()
+        torch.save(layer.gamma.clone(), f"{out}/gamma{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes: ~10-30 s of imports on a 2-core box
+def test_gamma_identical_across_ddp_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'pg'}"
+    mp.spawn(_ddp_gamma_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    g0, g1 = torch.load(tmp_path / "gamma0.pt"), torch.load(tmp_path / "gamma1.pt")
+    assert torch.equal(g0, g1)
+    # max over ranks = rank 1's values (×2), times the 0.5 flip fraction, clamped to [1e-5, 2e-4]
+    torch.testing.assert_close(g0, torch.tensor([1e-4, 1e-5, 1e-5], dtype=torch.float64))

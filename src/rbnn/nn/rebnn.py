@@ -262,7 +262,7 @@ class ReBNNMixin:
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         w = state_dict.get(prefix + "weight")
-        if w is not None:
+        if isinstance(w, torch.Tensor) and w.shape == self.weight.shape:  # a mismatch is reported by super()
             with torch.no_grad():
                 if self.recipe.weight_scale == "rebnn" and prefix + "rebnn_alpha" not in state_dict:
                     self.rebnn_alpha.copy_(_channel_mean_abs(w.detach()).to(self.rebnn_alpha))
