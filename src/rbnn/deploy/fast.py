@@ -85,8 +85,15 @@ def bconv_kernel(
     ntap = kh_ * kw_
     x2 = xp.reshape(n_ * hp * wp, cw)
     w2 = wb.reshape(o_, ntap * cw)
+    xf = xp.reshape(n_ * hp * wp * cw)
+    wf = wb.reshape(o_ * ntap * cw)
     wo_main = wo - wo % 4
     o_main = o_ - o_ % 4
+    # with dilation 1 along W the KW taps of one kernel row are adjacent in memory: one span of KW*Cw words
+    nspan = 1 if dw == 1 else kw_
+    span = kw_ * cw if dw == 1 else cw
+    xstep = sw * cw  # words between neighbouring output pixels
+    wrow = ntap * cw  # words per output channel
     for r in prange(n_ * ho):
         n = r // ho
         oh = r - n * ho
@@ -96,19 +103,18 @@ def bconv_kernel(
                 a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.int64(0)
                 a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.int64(0)
                 for kh in range(kh_):
-                    rowbase = (n * hp + oh * sh + kh * dh) * wp
-                    for kw in range(kw_):
-                        p0 = rowbase + ow0 * sw + kw * dw
-                        t0 = (kh * kw_ + kw) * cw
-                        for c in range(cw):
-                            x0 = x2[p0, c]
-                            x1 = x2[p0 + sw, c]
-                            x2_ = x2[p0 + 2 * sw, c]
-                            x3 = x2[p0 + 3 * sw, c]
-                            w0 = w2[o0, t0 + c]
-                            w1 = w2[o0 + 1, t0 + c]
-                            w2_ = w2[o0 + 2, t0 + c]
-                            w3 = w2[o0 + 3, t0 + c]
+                    for sp in range(nspan):
+                        xb = ((n * hp + oh * sh + kh * dh) * wp + ow0 * sw + sp * dw) * cw
+                        wb0 = o0 * wrow + (kh * kw_ + sp) * cw
+                        for j in range(span):
+                            x0 = xf[xb + j]
+                            x1 = xf[xb + xstep + j]
+                            x2_ = xf[xb + 2 * xstep + j]
+                            x3 = xf[xb + 3 * xstep + j]
+                            w0 = wf[wb0 + j]
+                            w1 = wf[wb0 + wrow + j]
+                            w2_ = wf[wb0 + 2 * wrow + j]
+                            w3 = wf[wb0 + 3 * wrow + j]
                             a00 += popcount64(x0 ^ w0)
                             a01 += popcount64(x0 ^ w1)
                             a02 += popcount64(x0 ^ w2_)
