@@ -13,8 +13,8 @@ from rbnn.deploy.exporter import ExportError
 from rbnn.methods import METHODS, prepare
 from rbnn.nn.recipe import BinaryRecipe
 
-BINARY_METHODS = [m for m, r in METHODS.items() if r is not None and getattr(r, "binarize_weights", True)]
-W32_METHODS = [m for m, r in METHODS.items() if r is not None and not getattr(r, "binarize_weights", True)]
+BINARY_METHODS = [m for m, r in METHODS.items() if r is not None and r.weight_estimator is not None]
+W32_METHODS = [m for m, r in METHODS.items() if r is not None and r.weight_estimator is None]
 
 
 def check(model, path, x, backend="reference", rtol=1e-4):
@@ -154,4 +154,4 @@ def test_header_is_self_describing(tmp_path):
     assert {f["name"] for f in header["float_layers"]} == {"conv1", "fc"}
     bconv = [n for n in header["nodes"] if n["op"] == "bconv"]
     assert bconv[0]["arrays"]["w_bits"]["dtype"] == "uint64"
-    assert bconv[0]["arrays"]["w_bits"]["shape"] == [24, 3, 3, 1]
+    assert bconv[0]["arrays"]["w_bits"]["shape"] == [24, 3]  # 24 filters of 16*9 = 144 bits

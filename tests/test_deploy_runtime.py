@@ -232,4 +232,4 @@ def test_size_report_rows(good_file):
     total = rows[-1]
     assert total["kind"] == "total" and total["file_bytes"] == os.path.getsize(good_file)
     conv2 = next(r for r in rows if r["name"] == "conv2")
-    assert conv2["params"] == 24 * 16 * 9 and conv2["weight_packed_bytes"] == 24 * 9 * 8
+    assert conv2["params"] == 24 * 16 * 9 and conv2["weight_packed_bytes"] == 24 * 3 * 8

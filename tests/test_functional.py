@@ -65,7 +65,8 @@ def test_rbnn_backward_is_derivative_of_paper_F(t):
 
 def test_tensor_schedule_values_accepted():
     x = X.clone().requires_grad_(True)
-    binarize(x, "rbnn", 1, torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)).sum().backward()
+    t, k = torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    binarize(x, "rbnn", 1, t, k).sum().backward()
     assert torch.allclose(x.grad, torch.clamp(math.sqrt(2) * 2 - 4 * X.abs(), min=0))
 
 

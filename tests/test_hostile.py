@@ -203,13 +203,13 @@ def test_checkpoint_with_pickled_code_is_refused(capsys, tmp_path):
     marker = tmp_path / "PWNED"
     bad = tmp_path / "evil.pt"
     torch.save({"model": _Evil(str(marker)), "config": {}}, bad)
-    _refused(capsys, "eval", str(bad), culprit="could not be loaded safely")
+    _refused(capsys, "eval", str(bad), culprit="was refused")
     assert not marker.exists()
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(bad, run / "last.pt")
     _refused(capsys, "train", "--resume", *SYN, "method=xnor", f"out={run}",
-             culprit="could not be loaded safely")
+             culprit="was refused")
     assert not marker.exists()
 
 

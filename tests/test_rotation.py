@@ -48,7 +48,9 @@ def test_objective_nondecreasing_at_every_step_and_orthogonal():
     for _ in range(5):
         B = _sign(rotate(X, R1, R2))
         # with B fixed, the objective tr(B^T R1^T X R2) after each Procrustes step is >= before
-        fixed_b = lambda a, c: float((B * rotate(X, a, c)).sum())  # noqa: E731
+        def fixed_b(a, c, B=B):
+            return float((B * rotate(X, a, c)).sum())
+
         before = fixed_b(R1, R2)
         R1 = r1_step(X, B, R2)
         mid = fixed_b(R1, R2)

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from torch import nn
 
 from .nn.layers import BinaryConv2d, BinaryLinear
-from .nn.rebnn import RealWeightRecipe
 from .nn.recipe import BinaryRecipe
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ METHODS: dict[str, BinaryRecipe | None] = {
     "rbnn-faithful": RBNN_REFERENCE,
     # RBNN with the deployable/robust conventions: sign(0)=+1 and eps in both standardizations.
     # (Weight decay on theta/lambda is an optimizer choice: see configs and docs/rbnn.md.)
-    "rbnn": RBNN_REFERENCE.replace(zero=1, eps=1e-5),
+    "rbnn": RBNN_REFERENCE.replace(zero=1, eps=1e-12),
     # Table 4 ablation ladder (ResNet-20 Bi-Real, CIFAR-10): B < B+R, B+T < B+T+R < RBNN.
     # B = XNOR-Net binarization; R = rotation (alpha fixed to 1, so the gradient must go through R);
     # T = training-aware approximation with RBNN's schedule and activation rule.
@@ -73,7 +72,7 @@ METHODS: dict[str, BinaryRecipe | None] = {
                                   act_estimator="approx", act_transform="shift", gamma_mode="constant",
                                   gamma=0.0, gamma_min=0.0),
     # rebnn-stage1: ReActNet/ReBNN stage 1, W32A1 (real weights, RSign activations).
-    "rebnn-stage1": RealWeightRecipe(weight_scale="rebnn", act_estimator="approx", act_transform="shift"),
+    "rebnn-stage1": BinaryRecipe(weight_estimator=None, act_estimator="approx", act_transform="shift"),
 }
 
 

@@ -32,7 +32,7 @@ def summarize(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
         def fn(mod, inp, out):
             w = mod.weight
             macs = out.numel() // out.shape[0] * (w[0].numel())
-            binary = isinstance(mod, BinaryMixin)
+            binary = isinstance(mod, BinaryMixin) and mod.recipe.weight_estimator is not None
             extra = sum(p.numel() for n, p in mod.named_parameters() if n != "weight")
             rows.append({
                 "layer": name, "type": type(mod).__name__, "kind": "binary" if binary else "float",

@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from ..errors import RbnnError
 from ..nn.layers import BinaryConv2d, BinaryLinear, BinaryMixin
 from ..nn.recipe import BinaryRecipe
 from . import format as fmt
-from .format import Node, PackedFormatError, PackedGraph
+from .format import Node, PackedGraph
 from .packing import pack_nonzero, pack_signs
 
 
-class ExportError(PackedFormatError):
+class ExportError(RbnnError):
     """The model uses something the packed format cannot express (message names the node)."""
 
 
@@ -122,7 +123,7 @@ def binary_weight_and_scale(layer: BinaryMixin) -> tuple[np.ndarray, np.ndarray]
 
 def _binary_node(name: str, qual: str, layer: BinaryMixin, inputs: list[str]) -> Node:
     r = layer.recipe
-    if not getattr(r, "binarize_weights", True):
+    if r.weight_estimator is None:
         raise ExportError(
             f"node {name!r} ({qual}): binary layer with real-valued weights (W32A1 recipe) has no "
             "1-bit deployment"
@@ -165,7 +166,9 @@ def _binary_node(name: str, qual: str, layer: BinaryMixin, inputs: list[str]) ->
             padding=pad,
             dilation=_pair(layer.dilation),
         )
-        bt = np.transpose(b, (0, 2, 3, 1))  # (O, KH, KW, C): pack along input channels per tap
+        # (O, KH, KW, C) flattened: packed along input channels, tap-major. On disk the taps are not padded to
+        # whole words (24-32x smaller than float32); the engines split the bits into per-tap words at load.
+        bt = np.transpose(b, (0, 2, 3, 1)).reshape(b.shape[0], -1)
         op = "bconv"
     elif isinstance(layer, BinaryLinear):
         attrs.update(in_channels=int(layer.in_features))

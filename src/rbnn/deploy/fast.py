@@ -18,6 +18,7 @@ Every kernel is ``@njit(cache=True)``; call :func:`warmup` (or run once) before 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -32,10 +33,10 @@ from .format import Node, PackedGraph
 
 @intrinsic
 def popcount64(typingctx, x):
-    """LLVM ``llvm.ctpop.i64`` on a uint64 (one POPCNT instruction on x86-64)."""
+    """LLVM ``llvm.ctpop.i64`` (one POPCNT instruction on x86-64); returns the argument's 64-bit type."""
     if not isinstance(x, types.Integer) or x.bitwidth != 64:
         return None
-    sig = types.int64(x)
+    sig = x(x)
 
     def codegen(context, builder, signature, args):
         fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64)])
@@ -67,15 +68,14 @@ def pack_nhwc(x, shift, mean, ph, pw, out):
                 cend = min(c_, c0 + 64)
                 for c in range(c0, cend):
                     v = (x[n, h, w, c] + shift[c]) - m
-                    if not (v >= np.float32(0.0)):
-                        word |= np.uint64(1) << np.uint64(c - c0)
+                    # branch-free: random signs would mispredict half the time
+                    neg = np.uint64(1) - np.uint64(v >= np.float32(0.0))
+                    word |= neg << np.uint64(c - c0)
                 out[n, h + ph, w + pw, j] = word
 
 
 @njit(cache=True, parallel=True)
-def bconv_kernel(
-    xp, wb, wpop, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh, dw, ph, pw, h_in, w_in, c_in, out
-):
+def bconv_kernel(xp, wb, wpop, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh, dw, ph, pw, h_in, w_in, c_in, out):
     """Binary conv of padded packed ``xp`` (N, Hp, Wp, Cw) with ``wb`` (O, KH, KW, Cw) into float ``out``
     (N, Ho, Wo, O): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to [lo, hi])``.
     ``wpop`` (O, KH·KW) holds the popcount of every weight tap (for the border correction)."""
@@ -94,27 +94,31 @@ def bconv_kernel(
     span = kw_ * cw if dw == 1 else cw
     xstep = sw * cw  # words between neighbouring output pixels
     wrow = ntap * cw  # words per output channel
+    uxstep, uxstep2, uxstep3 = np.uint64(xstep), np.uint64(2 * xstep), np.uint64(3 * xstep)
+    uwrow, uwrow2, uwrow3 = np.uint64(wrow), np.uint64(2 * wrow), np.uint64(3 * wrow)
     for r in prange(n_ * ho):
         n = r // ho
         oh = r - n * ho
         dots = np.empty((wo, o_), dtype=np.int64)
         for ow0 in range(0, wo_main, 4):
             for o0 in range(0, o_main, 4):
-                a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.int64(0)
-                a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.int64(0)
+                a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.uint64(0)
+                a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.uint64(0)
                 for kh in range(kh_):
                     for sp in range(nspan):
-                        xb = ((n * hp + oh * sh + kh * dh) * wp + ow0 * sw + sp * dw) * cw
-                        wb0 = o0 * wrow + (kh * kw_ + sp) * cw
-                        for j in range(span):
+                        # unsigned index arithmetic: no negative-index wraparound code in the hot loop
+                        xb = np.uint64(((n * hp + oh * sh + kh * dh) * wp + ow0 * sw + sp * dw) * cw)
+                        wb0 = np.uint64(o0 * wrow + (kh * kw_ + sp) * cw)
+                        for j0 in range(span):
+                            j = np.uint64(j0)
                             x0 = xf[xb + j]
-                            x1 = xf[xb + xstep + j]
-                            x2_ = xf[xb + 2 * xstep + j]
-                            x3 = xf[xb + 3 * xstep + j]
+                            x1 = xf[xb + uxstep + j]
+                            x2_ = xf[xb + uxstep2 + j]
+                            x3 = xf[xb + uxstep3 + j]
                             w0 = wf[wb0 + j]
-                            w1 = wf[wb0 + wrow + j]
-                            w2_ = wf[wb0 + 2 * wrow + j]
-                            w3 = wf[wb0 + 3 * wrow + j]
+                            w1 = wf[wb0 + uwrow + j]
+                            w2_ = wf[wb0 + uwrow2 + j]
+                            w3 = wf[wb0 + uwrow3 + j]
                             a00 += popcount64(x0 ^ w0)
                             a01 += popcount64(x0 ^ w1)
                             a02 += popcount64(x0 ^ w2_)
@@ -150,7 +154,7 @@ def bconv_kernel(
             # leftover output channels of this pixel block
             for o in range(o_main, o_):
                 for i in range(4):
-                    s = np.int64(0)
+                    s = np.uint64(0)
                     for kh in range(kh_):
                         p = (n * hp + oh * sh + kh * dh) * wp + (ow0 + i) * sw
                         for kw in range(kw_):
@@ -161,7 +165,7 @@ def bconv_kernel(
         # leftover pixels (wo % 4), every output channel
         for ow in range(wo_main, wo):
             for o in range(o_):
-                s = np.int64(0)
+                s = np.uint64(0)
                 for kh in range(kh_):
                     p = (n * hp + oh * sh + kh * dh) * wp + ow * sw
                     for kw in range(kw_):
@@ -185,7 +189,7 @@ def bconv_kernel(
                         if 0 <= ih < h_in and 0 <= iw < w_in:
                             nvalid += 1
             for o in range(o_):
-                pc = dots[ow, o]
+                pc = np.int64(dots[ow, o])
                 if not interior:
                     for kh in range(kh_):
                         ih = ih0 + kh * dh
@@ -241,6 +245,26 @@ def affine_clamp_kernel(x, mul, add, lo, hi, clamp, out):
 
 # ---- ops ---------------------------------------------------------------------------------------------
 
+# Work below this many uint64 word operations runs on one thread: waking the pool costs more than it saves
+# (and on a loaded machine a parallel region waits a scheduler tick for its second thread).
+SERIAL_BELOW = 1 << 20
+
+
+class _serial_if_small:
+    def __init__(self, work: int) -> None:
+        self.small = work < SERIAL_BELOW
+        self.prev = 0
+
+    def __enter__(self):
+        if self.small:
+            self.prev = numba.get_num_threads()
+            numba.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.small:
+            numba.set_num_threads(self.prev)
+
+
 _DUMMY4 = np.zeros((1, 1, 1, 1), dtype=np.float32)
 
 
@@ -252,6 +276,8 @@ class _BinPrep:
         self.node = node
         self.ternary = bool(at.get("ternary", False)) or "w_mask" in node.arrays
         w = node.arrays["w_bits"]
+        if node.op == "bconv":
+            w = ref.tap_words(node)
         if node.op == "blinear":
             w = w.reshape(w.shape[0], 1, 1, w.shape[1])
             self.pad, self.stride, self.dil = (0, 0), (1, 1), (1, 1)
@@ -289,33 +315,35 @@ class _BinPrep:
         else:
             mean = np.zeros(n, dtype=np.float32)
         xp = np.zeros((n, h + 2 * ph, w + 2 * pw, cw), dtype=np.uint64)
-        pack_nhwc(x, self.shift, mean, ph, pw, xp)
+        with _serial_if_small(x.size // 4):
+            pack_nhwc(x, self.shift, mean, ph, pw, xp)
         out = np.empty((n, ho, wo, o), dtype=np.float32)
         mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
         has_res = res is not None and not raw
         lo, hi = (np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None and not raw else (0.0, 0.0)
-        bconv_kernel(
-            xp,
-            self.w,
-            self.wpop,
-            mul,
-            add,
-            res if has_res else _DUMMY4,
-            has_res,
-            np.float32(lo),
-            np.float32(hi),
-            clamp is not None and not raw,
-            sh,
-            sw,
-            dh,
-            dw,
-            ph,
-            pw,
-            h,
-            w,
-            self.c,
-            out,
-        )
+        with _serial_if_small(n * ho * wo * o * kh * kw * cw):
+            bconv_kernel(
+                xp,
+                self.w,
+                self.wpop,
+                mul,
+                add,
+                res if has_res else _DUMMY4,
+                has_res,
+                np.float32(lo),
+                np.float32(hi),
+                clamp is not None and not raw,
+                sh,
+                sw,
+                dh,
+                dw,
+                ph,
+                pw,
+                h,
+                w,
+                self.c,
+                out,
+            )
         if raw:
             out = out.astype(np.int64)
         return out.reshape(n, o) if flat else out
@@ -389,16 +417,18 @@ class FastOps(ref.ReferenceOps):
         n, h, w, c = x.shape
         ho, wo = ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(w, kw, sw, pw, dw)
         out = np.empty((n, ho, wo, c), dtype=np.float32)
-        maxpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, dh, dw, out)
+        with _serial_if_small(out.size * kh * kw // 8):
+            maxpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, dh, dw, out)
         return out
 
     def affine(self, node: Node, x: np.ndarray, clamp=None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty_like(x)
         lo, hi = clamp if clamp is not None else (0.0, 0.0)
-        affine_clamp_kernel(
-            x, node.arrays["mul"], node.arrays["add"], np.float32(lo), np.float32(hi), clamp is not None, out
-        )
+        with _serial_if_small(x.size // 8):
+            affine_clamp_kernel(
+                x, node.arrays["mul"], node.arrays["add"], np.float32(lo), np.float32(hi), clamp is not None, out
+            )
         return out
 
     # -- fused plan ------------------------------------------------------------------------------------
@@ -445,9 +475,7 @@ class FastOps(ref.ReferenceOps):
                 ht = sole_reader(n.name, "hardtanh")
                 if ht is not None:
                     skip.add(ht.name)
-                    steps.append(
-                        (pos[ht.name], ht.name, self._affine_step(n, (ht.attrs["min"], ht.attrs["max"])))
-                    )
+                    steps.append((pos[ht.name], ht.name, self._affine_step(n, (ht.attrs["min"], ht.attrs["max"]))))
                     continue
             steps.append((pos[n.name], n.name, self._plain_step(n)))
         steps.sort(key=lambda s: s[0])
@@ -466,9 +494,7 @@ class FastOps(ref.ReferenceOps):
         src = node.inputs[0]
         if res_name is None:
             return lambda env: self.bconv(node, env[src], None, clamp)
-        return lambda env: self.bconv(
-            node, env[src], np.ascontiguousarray(env[res_name], dtype=np.float32), clamp
-        )
+        return lambda env: self.bconv(node, env[src], np.ascontiguousarray(env[res_name], dtype=np.float32), clamp)
 
     def _affine_step(self, node: Node, clamp):
         src = node.inputs[0]

@@ -155,7 +155,8 @@ def _check_node(n: Node) -> str | None:
     try:
         if n.op in ("bconv", "blinear"):
             o, c = int(at["out_channels"]), int(at["in_channels"])
-            shape = (o, *at["kernel"], n_words(c)) if n.op == "bconv" else (o, n_words(c))
+            k = c * (int(at["kernel"][0]) * int(at["kernel"][1]) if n.op == "bconv" else 1)
+            shape = (o, n_words(k))
             if a["w_bits"].shape != shape:
                 return f"array {n.name}:w_bits has shape {a['w_bits'].shape}, expected {shape}"
             if "w_mask" in a and a["w_mask"].shape != shape:

@@ -1,7 +1,7 @@
 """ONNX export whose sign semantics match training.
 
-ONNX ``Sign(0) = 0``, so a bare ``Sign`` would turn sign(0)=+1 layers ternary. Each binary layer is replaced by
-an export-only module that holds its ±1·scale weight as a constant and binarizes its input with
+ONNX ``Sign(0) = 0``, so a bare ``Sign`` would make sign(0)=+1 layers ternary. Each binary layer is
+replaced by an export-only module that holds its ±1·scale weight as a constant and binarizes its input with
 ``torch.where(x >= 0, 1, -1)`` (→ ``GreaterOrEqual`` + ``Where``); layers trained with sign(0)=0 (faithful
 mode) use ``torch.sign``, which is exactly ONNX ``Sign``. Activation transforms (per-sample mean, per-channel
 shift) and the learned output scale are exported as ordinary ops.
@@ -24,7 +24,7 @@ class _ExportBinary(nn.Module):
     def __init__(self, layer: BinaryMixin) -> None:
         super().__init__()
         r = layer.recipe
-        if not getattr(r, "binarize_weights", True) or r.act_estimator is None:
+        if r.weight_estimator is None or r.act_estimator is None:
             raise ExportError(
                 f"{type(layer).__name__} with real-valued weights or activations has no 1-bit export"
             )
@@ -76,7 +76,7 @@ def export_module(model: nn.Module) -> nn.Module:
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, input_shape, *, opset: int = 17, dynamic_batch: bool = True
 ) -> str:
-    """Export ``model`` to ONNX at ``path``; ``input_shape`` is (C, H, W) or (N, C, H, W). Returns the path."""
+    """Export ``model`` to ONNX at ``path``; ``input_shape`` is (C, H, W) or (N, C, H, W). Returns path."""
     shape = tuple(int(s) for s in input_shape)
     if len(shape) in (1, 3):
         shape = (1, *shape)

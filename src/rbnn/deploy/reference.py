@@ -15,7 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .format import Node
-from .packing import pack_bits
+from .packing import pack_bits, unpack_bits
 
 
 def binarize_input(x: np.ndarray, node: Node) -> tuple[np.ndarray, np.ndarray | None]:
@@ -42,11 +42,25 @@ def out_hw(h: int, k: int, s: int, p: int, d: int) -> int:
     return (h + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _weight_mask(node: Node) -> np.ndarray:
+def tap_words(node: Node, key: str = "w_bits") -> np.ndarray:
+    """A conv's weight bits re-packed per (kh, kw) tap along channels: (O, KH, KW, ceil(C/64)) uint64.
+
+    On disk each filter is one bit string in (kh, kw, c) order; per-tap words let a tap's weights be XORed
+    with one pixel's packed channels. Computed once per node and cached on it."""
+    cache = node.__dict__.setdefault("_cache", {})
+    if key not in cache:
+        o, c = node.attrs["out_channels"], node.attrs["in_channels"]
+        kh, kw = node.attrs["kernel"]
+        bits = unpack_bits(node.arrays[key], kh * kw * c).reshape(o, kh, kw, c)
+        cache[key] = np.ascontiguousarray(pack_bits(bits))
+    return cache[key]
+
+
+def _weight_mask(node: Node, words: np.ndarray) -> np.ndarray:
     if "w_mask" in node.arrays:
-        return node.arrays["w_mask"]
+        return tap_words(node, "w_mask") if node.op == "bconv" else node.arrays["w_mask"]
     c = node.attrs["in_channels"]
-    return np.broadcast_to(pack_bits(np.ones(c, dtype=bool)), node.arrays["w_bits"].shape)
+    return np.broadcast_to(pack_bits(np.ones(c, dtype=bool)), words.shape)
 
 
 def bconv_dot(x: np.ndarray, node: Node) -> np.ndarray:
@@ -57,7 +71,8 @@ def bconv_dot(x: np.ndarray, node: Node) -> np.ndarray:
     (ph, pw), (sh, sw), (dh, dw) = node.attrs["padding"], node.attrs["stride"], node.attrs["dilation"]
     pad = ((0, 0), (ph, ph), (pw, pw), (0, 0))
     a, m = np.pad(a, pad), np.pad(m, pad)  # padding pixels: mask 0 -> contribute nothing
-    w, wm = node.arrays["w_bits"], _weight_mask(node)
+    w = tap_words(node)
+    wm = _weight_mask(node, w)
     o, kh_, kw_, _ = w.shape
     n, h, wd = x.shape[0], x.shape[1], x.shape[2]
     ho, wo = out_hw(h, kh_, sh, ph, dh), out_hw(wd, kw_, sw, pw, dw)
@@ -80,7 +95,7 @@ def blinear_dot(x: np.ndarray, node: Node) -> np.ndarray:
     neg, nz = binarize_input(x, node)
     a = pack_bits(neg)[:, None, :]
     m = pack_bits(np.ones_like(neg) if nz is None else nz)[:, None, :]
-    both = m & _weight_mask(node)
+    both = m & _weight_mask(node, node.arrays["w_bits"])
     diff = (a ^ node.arrays["w_bits"]) & both
     return np.bitwise_count(both).sum(-1, dtype=np.int64) - 2 * np.bitwise_count(diff).sum(-1, dtype=np.int64)
 

@@ -114,13 +114,23 @@ class OscillationMonitor:
                 out[key] = sum(vals) / len(vals)
         return out
 
+    def on_epoch_resume(self, epoch: int, total_epochs: int) -> None:
+        """Mid-epoch resume: keep the restored partial sums (on_epoch_start would zero them)."""
+
     def state_dict(self) -> dict:
-        return {"prev_step": {k: v.cpu() for k, v in self.prev_step.items()},
-                "prev_epoch": {k: v.cpu() for k, v in self.prev_epoch.items()}}
+        def cpu(d: dict) -> dict:
+            return {k: v.cpu() for k, v in d.items()}
+
+        return {"prev_step": cpu(self.prev_step), "prev_epoch": cpu(self.prev_epoch), "steps": self.steps,
+                "seq_sum": cpu(self.seq_sum), "gamma_sum": cpu(self.gamma_sum), "gamma_max": cpu(self.gamma_max)}
 
     def load_state_dict(self, state: dict) -> None:
         self.prev_step = dict(state.get("prev_step", {}))
         self.prev_epoch = dict(state.get("prev_epoch", {}))
+        self.steps = int(state.get("steps", 0))
+        self.seq_sum = dict(state.get("seq_sum", {}))
+        self.gamma_sum = dict(state.get("gamma_sum", {}))
+        self.gamma_max = dict(state.get("gamma_max", {}))
 
 
 def oscillation_callbacks(model: nn.Module, cfg=None) -> list[OscillationMonitor]:

@@ -105,12 +105,6 @@ class ReActNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.flatten(self.avgpool(x)))
 
-    def training_callbacks(self, cfg) -> list:
-        """Oscillation metrics (``<layer>/osc_seq``, ``osc_epoch``, ``gamma_mean``) for the binary layers."""
-        from ..diagnostics.oscillation import oscillation_callbacks
-
-        return oscillation_callbacks(self, cfg)
-
 
 def _build(layers, widths, num_classes, in_channels, init, input_size, small) -> ReActNet:
     check_init(init)  # "reference" and "pytorch" coincide: ReActNet uses PyTorch's default init

@@ -101,6 +101,8 @@ class BinaryMixin:
     def binary_weight(self) -> torch.Tensor:
         """The weight the layer convolves with: (scale *) sign(mixed weight), surrogate in the backward."""
         r = self.recipe
+        if r.weight_estimator is None:  # real-valued weights (W32A1)
+            return self.mixed_weight()
         if r.weight_scale in ("rebnn", "rebnn_released"):
             from .rebnn import rebnn_weight
 

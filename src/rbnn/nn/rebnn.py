@@ -43,8 +43,6 @@ class switched to a subclass defined here (``ReBNNConv2d`` / ``ReBNNLinear``), t
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -57,20 +55,8 @@ RELEASED_BIN = 0.02  # the released code's constant multiplying sign(w)
 REBNN_SCALES = ("rebnn", "rebnn_released")
 
 
-@dataclasses.dataclass(frozen=True)
-class RealWeightRecipe(BinaryRecipe):
-    """A recipe whose weights stay real (W32A1, ReActNet/ReBNN stage 1); activations follow the recipe.
-
-    Expressed as ``weight_scale="rebnn"`` plus ``binarize_weights=False`` because ``BinaryRecipe`` has no
-    "real weights" option yet (see docs/rebnn.md). No ReBNN state is created, so a stage-2 model loading this
-    checkpoint reports exactly the ReBNN keys as new.
-    """
-
-    binarize_weights: bool = False
-
-
 def binarizes_weights(recipe: BinaryRecipe) -> bool:
-    return bool(getattr(recipe, "binarize_weights", True))
+    return recipe.weight_estimator is not None
 
 
 def _channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

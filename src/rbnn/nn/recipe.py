@@ -26,7 +26,7 @@ class BinaryRecipe:
     """
 
     weight_transform: str = "none"
-    weight_estimator: str = "clipped_ste"
+    weight_estimator: str | None = "clipped_ste"  # None: real weights (W32A1, e.g. ReActNet stage 1)
     weight_scale: str = "none"
     act_estimator: str | None = "clipped_ste"
     act_transform: str = "none"
@@ -56,7 +56,7 @@ class BinaryRecipe:
                 raise ValueError(f"recipe field {field}={value!r}; expected one of {', '.join(map(str, allowed))}")
 
         check("weight_transform", self.weight_transform, WEIGHT_TRANSFORMS)
-        check("weight_estimator", self.weight_estimator, ESTIMATORS)
+        check("weight_estimator", self.weight_estimator, (*ESTIMATORS, None))
         check("weight_scale", self.weight_scale, WEIGHT_SCALES)
         check("act_estimator", self.act_estimator, (*ESTIMATORS, None))
         check("act_transform", self.act_transform, ACT_TRANSFORMS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,18 @@ import torch
 from ..errors import CheckpointError
 
 
+def _mkstemp(path: Path) -> tuple[int, str]:
+    """A temp file beside ``path`` with ordinary permissions (mkstemp's default is owner-only 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -33,7 +43,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -59,9 +69,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - turn any unpickling failure into one line
+    except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False, which would run the file's code: never do that here
+        found = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        detail = found[0][:160] if found else "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"checkpoint {path} was refused: it is not plain tensor data ({detail})") from None
+    except Exception as e:  # noqa: BLE001 - turn any other read failure into one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} could not be loaded safely ({first[:200]})") from None
+        raise CheckpointError(f"checkpoint {path} could not be read ({first[:200]})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"checkpoint {path} is not an rbnn checkpoint (expected keys 'model' and 'config')")
     return state

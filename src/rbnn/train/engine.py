@@ -195,8 +195,8 @@ def _fsync_dir(path: Path) -> None:
 def _reenter_epoch(cb: Callback, epoch: int, total_epochs: int) -> None:
     """Resuming a mid-epoch checkpoint: its epoch-start work already happened before the checkpoint was
     written (and its effects, such as R1/R2, are in the restored state). A callback may define
-    ``on_epoch_resume``; otherwise ``on_epoch_start`` is re-run (it must then be a pure function of the epoch, as the schedules
-    are), except the rotation update, which would recompute R from mid-epoch weights."""
+    ``on_epoch_resume``; otherwise ``on_epoch_start`` is re-run (it must then be a pure function of the
+    epoch, as the schedules are), except the rotation update, which would recompute R from mid-epoch weights."""
     hook = getattr(cb, "on_epoch_resume", None)
     if hook is not None:
         hook(epoch, total_epochs)
@@ -207,7 +207,10 @@ def _reenter_epoch(cb: Callback, epoch: int, total_epochs: int) -> None:
 def build_callbacks(model: nn.Module, cfg: Config) -> list[Callback]:
     cbs: list[Callback] = [SurrogateSchedule(model), RotationUpdate(model), ModuleHooks(model)]
     if cfg.diagnostics and binary_modules(model):
+        from ..diagnostics.oscillation import oscillation_callbacks
+
         cbs.append(WeightDiagnostics(model, seed=cfg.seed))
+        cbs.extend(oscillation_callbacks(model, cfg))
     extra = getattr(model, "training_callbacks", None)
     if callable(extra):
         cbs.extend(extra(cfg))

@@ -22,7 +22,8 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:  # pragma: no cover - optional extra
-                raise RuntimeError("tensorboard=true needs the tensorboard extra: pip install 'rbnn[tensorboard]'") from e
+                raise RuntimeError(
+                    "tensorboard=true needs the tensorboard extra: pip install 'rbnn[tensorboard]'") from e
             self.tb = SummaryWriter(str(tensorboard_dir))
 
     def append(self, row: dict) -> None:

@@ -1,0 +1,82 @@
+"""Every registered model × binary method: exported, run by both engines, integer-exact against torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_deploy_helpers import rand_input, randomize
+
+import rbnn.deploy as deploy
+from rbnn.methods import METHODS
+
+models = pytest.importorskip("rbnn.models")
+
+BINARY_METHODS = [m for m, r in METHODS.items() if r is not None and r.weight_estimator is not None]
+# small inputs keep the suite fast (ImageNet ResNets: the stem divides by 4, adaptive pooling absorbs the rest)
+SIZES = {
+    "resnet18": (3, 32, 32),
+    "resnet34": (3, 32, 32),
+    "vgg_small": (3, 16, 16),
+    "resnet18_cifar": (3, 16, 16),
+    "resnet20": (3, 16, 16),
+    "resnet20_bireal": (3, 16, 16),
+}
+
+
+def _build(name, method, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    size = SIZES.get(name)
+    m = models.create(name, method=method, num_classes=10, input_size=size)
+    return randomize(m, seed), size or tuple(m.input_size)
+
+
+def _check(m, path, x, backend):
+    rep = deploy.verify(m, path, x, backend=backend)
+    bad = {k: v for k, v in rep["layers"].items() if not v["equal"]}
+    assert rep["int_exact"], bad
+    assert rep["max_rel_logit_err"] <= 1e-4
+    assert rep["argmax_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_model_rbnn_fast_and_reference(name, tmp_path):
+    m, size = _build(name, "rbnn")
+    p = tmp_path / "m.rbnn"
+    info = deploy.export(m, p, input_shape=size)
+    assert info["binary_layers"], "no binary layer exported"
+    x = rand_input(size, 2)
+    _check(m, p, x, "fast")
+    lf = deploy.load(p, backend="fast").layer_outputs(x)
+    lr = deploy.load(p, backend="reference").layer_outputs(x)
+    for k in lr:
+        np.testing.assert_array_equal(lf[k], lr[k])
+
+
+@pytest.mark.parametrize("method", BINARY_METHODS)
+@pytest.mark.parametrize("name", ["resnet20_bireal", "resnet20", "smallnet", "vgg_small"])
+def test_small_models_every_method(name, method, tmp_path):
+    if name not in models.list_models():
+        pytest.skip(f"{name} not registered")
+    m, size = _build(name, method, seed=1)
+    p = tmp_path / "m.rbnn"
+    deploy.export(m, p, input_shape=size)
+    for n in (1, 3):
+        _check(m, p, rand_input(size, n, seed=n), "fast")
+
+
+def test_real_model_shapes_batch2(tmp_path):
+    """resnet18_cifar at its real 32x32 input, batch 2, and the size targets."""
+    m = randomize(models.create("resnet18_cifar", method="xnor"))
+    p = tmp_path / "m.rbnn"
+    info = deploy.export(m, p, input_shape=(3, 32, 32))
+    _check(m, p, rand_input((3, 32, 32), 2), "fast")
+    assert info["bytes"] * 20 <= info["float32_state_dict_bytes"]
+
+
+def test_resnet20_binary_convs_28x_smaller(tmp_path):
+    m = randomize(models.create("resnet20", method="rbnn"))
+    rows = deploy.size_report(m, input_shape=(3, 32, 32))
+    total = rows[-1]
+    assert total["binary_weight_ratio"] >= 28.0, total
