@@ -125,8 +125,7 @@ def _binary_node(name: str, qual: str, layer: BinaryMixin, inputs: list[str]) ->
     r = layer.recipe
     if r.weight_estimator is None:
         raise ExportError(
-            f"node {name!r} ({qual}): binary layer with real-valued weights (W32A1 recipe) has no "
-            "1-bit deployment"
+            f"node {name!r} ({qual}): binary layer with real-valued weights (W32A1 recipe) has no 1-bit deployment"
         )
     if r.act_estimator is None:
         raise ExportError(
@@ -143,15 +142,11 @@ def _binary_node(name: str, qual: str, layer: BinaryMixin, inputs: list[str]) ->
         "out_channels": int(o),
     }
     bias = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(o)
-    lam = (
-        layer.scale.detach().double().cpu().numpy().reshape(o) if r.weight_scale == "learned_output" else 1.0
-    )
+    lam = layer.scale.detach().double().cpu().numpy().reshape(o) if r.weight_scale == "learned_output" else 1.0
     arrays: dict[str, np.ndarray] = {}
     if isinstance(layer, BinaryConv2d):
         if layer.groups != 1:
-            raise ExportError(
-                f"node {name!r} ({qual}): grouped binary conv (groups={layer.groups}) unsupported"
-            )
+            raise ExportError(f"node {name!r} ({qual}): grouped binary conv (groups={layer.groups}) unsupported")
         if isinstance(layer.padding, str):
             if layer.padding != "valid":
                 raise ExportError(f"node {name!r} ({qual}): padding={layer.padding!r} unsupported; use ints")
@@ -262,9 +257,7 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
         if n.op == "output":
             arg = n.args[0]
             if not is_tensor(arg):
-                raise ExportError(
-                    f"model output must be one tensor, got {type(values.get(arg, arg)).__name__}"
-                )
+                raise ExportError(f"model output must be one tensor, got {type(values.get(arg, arg)).__name__}")
             out_name = src(arg)
             continue
         if n.op == "get_attr":
@@ -282,12 +275,7 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
             if isinstance(m, BinaryMixin):
                 nodes.append(_binary_node(n.name, qual, m, [x]))
             elif isinstance(m, nn.Conv2d):
-                if (
-                    m.groups != 1
-                    or m.padding_mode != "zeros"
-                    or isinstance(m.padding, str)
-                    and m.padding != "valid"
-                ):
+                if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str) and m.padding != "valid":
                     raise unsupported(n, f"Conv2d {qual} (groups/padding mode)")
                 pad = [0, 0] if isinstance(m.padding, str) else _pair(m.padding)
                 nodes.append(
@@ -325,23 +313,15 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
             elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
                 nodes.append(_bn_node(n.name, qual, m, [x]))
             elif isinstance(m, nn.Hardtanh):
-                nodes.append(
-                    Node(n.name, "hardtanh", [x], {"min": float(m.min_val), "max": float(m.max_val)})
-                )
+                nodes.append(Node(n.name, "hardtanh", [x], {"min": float(m.min_val), "max": float(m.max_val)}))
             elif isinstance(m, nn.ReLU):
                 nodes.append(Node(n.name, "relu", [x]))
             elif isinstance(m, nn.MaxPool2d):
                 if m.ceil_mode or m.return_indices:
                     raise unsupported(n, f"MaxPool2d {qual} with ceil_mode/return_indices")
-                nodes.append(
-                    Node(n.name, "maxpool", [x], _pool_args(m.kernel_size, m.stride, m.padding, m.dilation))
-                )
+                nodes.append(Node(n.name, "maxpool", [x], _pool_args(m.kernel_size, m.stride, m.padding, m.dilation)))
             elif isinstance(m, nn.AvgPool2d):
-                if (
-                    m.ceil_mode
-                    or (_pair(m.padding) != [0, 0] and not m.count_include_pad)
-                    or m.divisor_override
-                ):
+                if m.ceil_mode or (_pair(m.padding) != [0, 0] and not m.count_include_pad) or m.divisor_override:
                     raise unsupported(n, f"AvgPool2d {qual} options")
                 nodes.append(Node(n.name, "avgpool", [x], _pool_args(m.kernel_size, m.stride, m.padding)))
             elif isinstance(m, nn.AdaptiveAvgPool2d):
@@ -383,7 +363,12 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
                     st, sp, step = s.indices(shape(n.args[0])[d])
                     if d == 0 and (st, step) != (0, 1) or (d == 0 and sp != shape(n.args[0])[0]):
                         raise unsupported(n, "slicing the batch dimension")
-                    sl.append([st, sp, step])
+                    # keep the slice as written (None = open end), so other batch sizes and image sizes work
+                    sl.append(
+                        [None, None, None]
+                        if d == 0
+                        else [None if v is None else int(v) for v in (s.start, s.stop, s.step)]
+                    )
                 nodes.append(Node(n.name, "slice", [src(n.args[0])], {"nchw_slices": sl}))
             elif name == "pad" and t is not None and is_tensor(n.args[0]):
                 pads = [int(p) for p in const(n.args[1] if len(n.args) > 1 else n.kwargs["pad"])]
@@ -401,14 +386,8 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
                 else:
                     raise unsupported(n, f"{name} {ins} -> {outs}")
             elif name in ("hardtanh", "hardtanh_", "clamp", "clip") and is_tensor(n.args[0]):
-                lo = (
-                    const(n.args[1])
-                    if len(n.args) > 1
-                    else n.kwargs.get("min_val", n.kwargs.get("min", -1.0))
-                )
-                hi = (
-                    const(n.args[2]) if len(n.args) > 2 else n.kwargs.get("max_val", n.kwargs.get("max", 1.0))
-                )
+                lo = const(n.args[1]) if len(n.args) > 1 else n.kwargs.get("min_val", n.kwargs.get("min", -1.0))
+                hi = const(n.args[2]) if len(n.args) > 2 else n.kwargs.get("max_val", n.kwargs.get("max", 1.0))
                 if lo is None or hi is None:
                     raise unsupported(n, f"{name} with an open bound")
                 nodes.append(Node(n.name, "hardtanh", [src(n.args[0])], {"min": float(lo), "max": float(hi)}))
@@ -426,9 +405,7 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
                 p = args[2] if len(args) > 2 else kw.get("padding", 0)
                 if kw.get("ceil_mode") or len(args) > 4:
                     raise unsupported(n, "max_pool2d options")
-                nodes.append(
-                    Node(n.name, "maxpool", [src(n.args[0])], _pool_args(k, s, p, kw.get("dilation", 1)))
-                )
+                nodes.append(Node(n.name, "maxpool", [src(n.args[0])], _pool_args(k, s, p, kw.get("dilation", 1))))
             elif name == "avg_pool2d":
                 args = [const(a) for a in n.args[1:]]
                 kw = {k: const(v) for k, v in n.kwargs.items()}
@@ -528,9 +505,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None) ->
         try:
             gm = trace(model)
         except Exception as e:  # noqa: BLE001 - fx raises many types
-            raise ExportError(
-                f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}"
-            ) from e
+            raise ExportError(f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}") from e
         dtype = next((p.dtype for p in model.parameters()), torch.float32)
         example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
         rec = _Recorder(gm)
