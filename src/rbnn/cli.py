@@ -76,12 +76,32 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else _default_input_size(cfg)
     model = build_model(cfg, args.num_classes, size)
     s = summarize(model, size)
+    real = _real_size(model, size)
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json.dumps({**s, "packed_file": real}, indent=2, default=str))
     else:
         print(f"{cfg.model} / {cfg.method.name}, input {size}")
         print(format_summary(s))
+        if isinstance(real, list):
+            from .deploy.size import format_size_report
+
+            print("\nexported .rbnn file (real bytes on disk):")
+            print(format_size_report(real))
+        elif real:
+            print(f"\nexported .rbnn file: not available ({real})")
     return 0
+
+
+def _real_size(model, size):
+    """Per-layer bytes of the model actually exported to a .rbnn file (None for float models)."""
+    if not getattr(model, "binarization", {}).get("binary_layers"):
+        return None
+    from .deploy import size_report
+
+    try:
+        return size_report(model.eval(), input_shape=size)
+    except RbnnError as e:
+        return str(e)
 
 
 DATASET_INPUT_SIZES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "idx": (1, 28, 28),

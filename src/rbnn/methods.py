@@ -49,6 +49,8 @@ METHODS: dict[str, BinaryRecipe | None] = {
     # RBNN with the deployable/robust conventions: sign(0)=+1 and eps in both standardizations.
     # (Weight decay on theta/lambda is an optimizer choice: see configs and docs/rbnn.md.)
     "rbnn": RBNN_REFERENCE.replace(zero=1, eps=1e-12),
+    # RBNN with the full chain rule through the rotation: d w_tilde / d w_hat = (1-alpha) I + alpha R.
+    "rbnn-fullgrad": RBNN_REFERENCE.replace(zero=1, eps=1e-12, rotation_grad="full"),
     # Table 4 ablation ladder (ResNet-20 Bi-Real, CIFAR-10): B < B+R, B+T < B+T+R < RBNN.
     # B = XNOR-Net binarization; R = rotation (alpha fixed to 1, so the gradient must go through R);
     # T = training-aware approximation with RBNN's schedule and activation rule.

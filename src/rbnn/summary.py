@@ -12,14 +12,9 @@ from .nn.layers import BinaryMixin
 
 
 def packed_weight_bytes(module: nn.Module) -> int:
-    """Bytes of the packed 1-bit weights: uint64 words along input channels for every kernel tap."""
+    """Bytes of the packed 1-bit weights: uint64 words along each filter's whole (kh, kw, c_in) axis."""
     w = module.weight
-    if isinstance(module, nn.Conv2d):
-        cin = w.shape[1]
-        taps = w.shape[2] * w.shape[3]
-    else:
-        cin, taps = w.shape[1], 1
-    return w.shape[0] * taps * math.ceil(cin / 64) * 8
+    return w.shape[0] * math.ceil(w[0].numel() / 64) * 8
 
 
 @torch.no_grad()
