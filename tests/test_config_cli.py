@@ -47,7 +47,7 @@ def test_bad_yaml_file(tmp_path):
 def test_no_decay_groups():
     torch.manual_seed(0)
     model = create("smallnet", method="rbnn")
-    cfg = load_config(None, ["optim.no_decay=*theta,*.scale"]).optim
+    cfg = load_config(None, ["optim.no_decay=*theta,*.scale", "optim.weight_decay=1e-4"]).optim
     opt = build_optimizer(model, cfg)
     decay, plain = opt.param_groups
     names = {id(p): n for n, p in model.named_parameters()}

@@ -84,7 +84,7 @@ def test_irnet_standardize_and_pow2():
 
 def rbnn_layer(**kw):
     torch.manual_seed(0)
-    return BinaryConv2d(8, 6, 3, padding=1, recipe=METHODS["rbnn"].replace(**kw))
+    return BinaryConv2d(8, 6, 3, padding=1, recipe=METHODS["rbnn-faithful"].replace(**kw))
 
 
 def test_rbnn_step0_latent_gradient_is_zero_and_theta_gradient_formula():

@@ -59,11 +59,11 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.1
+    name: str = "adam"  # sgd | adam | adamw (the paper recipes in configs/ set sgd, lr 0.1, wd 1e-4)
+    lr: float = 0.002
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     # parameter-name globs that get no weight decay, e.g. ["*theta", "*.scale", "*bn*", "*.bias"];
     # the reference codes decay everything (empty list).
@@ -96,7 +96,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     model_init: str = "reference"  # reference (the papers' init conventions) | pytorch
-    epochs: int = 3
+    epochs: int = 4
     batch_size: int = 128
     eval_batch_size: int = 512
     seed: int = 0

@@ -46,11 +46,13 @@ METHODS: dict[str, BinaryRecipe | None] = {
                           act_estimator="ede", **_IRNET_T),
     # RBNN as the reference code computes it (sign(0)=0, no eps, stop-gradient through R).
     "rbnn-faithful": RBNN_REFERENCE,
-    # RBNN with the deployable/robust conventions: sign(0)=+1 and eps in both standardizations.
-    # (Weight decay on theta/lambda is an optimizer choice: see configs and docs/rbnn.md.)
-    "rbnn": RBNN_REFERENCE.replace(zero=1, eps=1e-12),
-    # RBNN with the full chain rule through the rotation: d w_tilde / d w_hat = (1-alpha) I + alpha R.
-    "rbnn-fullgrad": RBNN_REFERENCE.replace(zero=1, eps=1e-12, rotation_grad="full"),
+    # RBNN, corrected (docs/rbnn.md): sign(0)=+1 (deployable), eps in both standardizations (no NaN), and the
+    # full chain rule through the rotation, d w_tilde / d w_hat = (1-alpha) I + alpha R. With the reference's
+    # stop-gradient the latent weights get (1-alpha) g, exactly 0 at alpha=1, and learn far slower early on.
+    # (Weight decay on theta/lambda is an optimizer choice: optim.no_decay.)
+    "rbnn": RBNN_REFERENCE.replace(zero=1, eps=1e-12, rotation_grad="full"),
+    # The same with the reference's stop-gradient through R (to measure that choice alone).
+    "rbnn-stopgrad": RBNN_REFERENCE.replace(zero=1, eps=1e-12),
     # Table 4 ablation ladder (ResNet-20 Bi-Real, CIFAR-10): B < B+R, B+T < B+T+R < RBNN.
     # B = XNOR-Net binarization; R = rotation (alpha fixed to 1, so the gradient must go through R);
     # T = training-aware approximation with RBNN's schedule and activation rule.
