@@ -42,7 +42,7 @@ def rotate(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
     # +1 at 0: the B-step needs a vertex of the hypercube; a 0 entry would not be one.
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
 def rotation_objective(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
@@ -52,38 +52,45 @@ def rotation_objective(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor) -> t
 
 
 def _polar(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    U, _, Vh = torch.linalg.svd(D)
-    return U, Vh.transpose(-2, -1)
+    # the SVD is tiny (n1 x n1 or n2 x n2): do it in float64 so the polar factor is orthogonal to ~1e-15
+    U, _, Vh = torch.linalg.svd(D.double())
+    return U.to(D.dtype), Vh.transpose(-2, -1).to(D.dtype)
 
 
 def r1_step(X: torch.Tensor, B: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """argmax_{R1 orthogonal} sum_c tr(B_c^T R1^T X_c R2): D1 = sum_c B_c R2^T X_c^T = U1 S1 V1^T, R1 = V1 U1^T."""
-    D1 = torch.einsum("cij,kj,clk->il", B, R2, X)
+    n1, n2 = X.shape[1], X.shape[2]
+    Y = torch.matmul(B, R2.t())  # B_c R2^T, (C, n1, n2)
+    # sum_c Y_c X_c^T as one (n1, C*n2) x (C*n2, n1) product
+    D1 = Y.transpose(0, 1).reshape(n1, -1) @ X.transpose(0, 1).reshape(n1, -1).t()
     U1, V1 = _polar(D1)
     return V1 @ U1.t()
 
 
 def r2_step(X: torch.Tensor, B: torch.Tensor, R1: torch.Tensor) -> torch.Tensor:
     """argmax_{R2 orthogonal} sum_c tr(B_c^T R1^T X_c R2): D2 = sum_c X_c^T R1 B_c = U2 S2 V2^T, R2 = U2 V2^T."""
-    D2 = torch.einsum("cji,jk,ckl->il", X, R1, B)
+    n2 = X.shape[2]
+    Z = torch.matmul(R1, B)  # R1 B_c, (C, n1, n2)
+    D2 = X.reshape(-1, n2).t() @ Z.reshape(-1, n2)  # sum_c X_c^T Z_c
     U2, V2 = _polar(D2)
     return U2 @ V2.t()
 
 
 @torch.no_grad()
-def optimize_rotation(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor,
-                      cycles: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def optimize_rotation(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor, cycles: int = 3,
+                      compute_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """``cycles`` rounds of the B-step, R1-step and R2-step, warm-started from (R1, R2).
 
     X: detached standardized weights viewed as (C_out, n1, n2). Returns new (R1, R2) in R1's dtype.
-    The sums and SVDs run in float64, so the result is orthogonal to ~1e-7 after the cast to float32.
+    The large products run in ``compute_dtype`` (float32 by default: they are memory-bound, and D1/D2 need no
+    more precision); the small SVDs run in float64, so the result is orthogonal to ~1e-7 in float32.
     Each step can only increase ``rotation_objective`` (B-step: exact maximizer given R; R-steps:
     Procrustes maximizers given B).
     """
     if X.dim() != 3 or X.shape[1] != R1.shape[0] or X.shape[2] != R2.shape[0]:
         raise ValueError(f"X must be (C, {R1.shape[0]}, {R2.shape[0]}), got {tuple(X.shape)}")
     dtype = R1.dtype
-    Xd, A, C = X.detach().double(), R1.detach().double(), R2.detach().double()
+    Xd, A, C = (t.detach().to(compute_dtype) for t in (X, R1, R2))
     for _ in range(cycles):
         B = _sign(rotate(Xd, A, C))
         A = r1_step(Xd, B, C)
