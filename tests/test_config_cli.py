@@ -110,3 +110,14 @@ def test_python_dash_m_entry_point():
 def test_prepare_on_model_zoo_reports_float_layers():
     m = prepare(create("resnet18", num_classes=1000, method=None), "irnet")
     assert "conv1" in m.binarization["float_layers"] and "fc" in m.binarization["float_layers"]
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    from rbnn.ablate import load_ablation
+    from rbnn.methods import METHODS
+    from rbnn.models import list_models
+
+    cfg = load_ablation(path, [])[0] if path.name.startswith("ablation") else load_config(path)
+    assert cfg.model in list_models() and cfg.method.name in METHODS
