@@ -59,7 +59,7 @@ def _polar(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def r1_step(X: torch.Tensor, B: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """argmax_{R1 orthogonal} sum_c tr(B_c^T R1^T X_c R2): D1 = sum_c B_c R2^T X_c^T = U1 S1 V1^T, R1 = V1 U1^T."""
-    n1, n2 = X.shape[1], X.shape[2]
+    n1 = X.shape[1]
     Y = torch.matmul(B, R2.t())  # B_c R2^T, (C, n1, n2)
     # sum_c Y_c X_c^T as one (n1, C*n2) x (C*n2, n1) product
     D1 = Y.transpose(0, 1).reshape(n1, -1) @ X.transpose(0, 1).reshape(n1, -1).t()
