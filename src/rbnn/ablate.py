@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, _apply, validate
+from .config import Config, _apply, apply_overrides, validate
 from .errors import ConfigError
 from .train.checkpoint import atomic_write_text
 
@@ -45,11 +45,7 @@ def load_ablation(path: str | Path | None, overrides: list[str]) -> tuple[Config
     cfg = Config()
     for k, v in data.items():
         _apply(cfg, [str(k)], v, str(k))
-    for o in rest:
-        if "=" not in o:
-            raise ConfigError(f"override {o!r}: expected key=value")
-        k, v = o.split("=", 1)
-        _apply(cfg, k.split("."), v, k)
+    apply_overrides(cfg, rest)
     return validate(cfg), [str(m) for m in methods], seeds
 
 

@@ -267,13 +267,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         for k, v in data.items():
             _apply(cfg, [str(k)], v, str(k))
+    apply_overrides(cfg, overrides)
+    return validate(cfg)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply dotted ``key=value`` strings to ``cfg`` in place (values are type-checked, not validated)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        parsed: Any = value
-        _apply(cfg, key.strip().split("."), parsed, key.strip())
-    return validate(cfg)
+        _apply(cfg, key.strip().split("."), value, key.strip())
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
