@@ -39,13 +39,7 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(model, BinaryLeafTracer().trace(model))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs gain nothing from threads, and OpenMP spin-waits make them slow on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

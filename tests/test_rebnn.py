@@ -24,14 +24,7 @@ from rbnn.nn.rebnn import (
     sign_int8,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run small ops, where 2 intra-op threads on a shared 2-core box are much slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear(method: str, out_f=4, in_f=16, seed=0, **overrides) -> BinaryLinear:
