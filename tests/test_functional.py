@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from rbnn.functional import binarize, libra_pb_scale, mean_abs_scale, sign, standardize_filters, tk_schedule
+from rbnn.functional import (
+    binarize,
+    libra_pb_scale,
+    mean_abs_scale,
+    sign,
+    standardize_filters,
+    standardize_samples,
+    tk_schedule,
+)
 from rbnn.functional.surrogates import rbnn_forward
 
 X = torch.tensor([-2.0, -1.0, -0.5, -0.1, 0.0, 0.1, 0.5, 0.99, 1.0, 1.5, 3.0], dtype=torch.float64)
@@ -96,3 +104,45 @@ def test_standardize_unbiased_no_eps():
     assert torch.allclose(s, (w - 2.5) / std)
     assert torch.isnan(standardize_filters(torch.ones(1, 4))).all()  # reference: 0/0
     assert torch.isfinite(standardize_filters(torch.ones(1, 4), eps=1e-5)).all()
+
+
+# ---- fused activation path (RBNN's per-sample standardization + sign) -----------------------------------------
+@pytest.mark.parametrize("estimator", ["ste", "clipped_ste", "approx", "ede", "rbnn"])
+@pytest.mark.parametrize("zero,eps", [(0, 0.0), (1, 1e-12), (1, 1e-3)])
+def test_standardized_sign_equals_composition(estimator, zero, eps):
+    from rbnn.functional.standardized_sign import standardized_sign
+
+    gen = torch.Generator().manual_seed(3)
+    for t in (0.01, 0.7, 4.0):
+        spread = torch.tensor([1, 5, 0.1, 2, 30.0], dtype=torch.float64).reshape(-1, 1, 1, 1)
+        x = torch.randn(5, 3, 4, 6, dtype=torch.float64, generator=gen) * spread
+        tt, kk = torch.tensor(t, dtype=torch.float64), torch.tensor(max(1 / t, 1.0), dtype=torch.float64)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya = standardized_sign(a, estimator, zero, eps, tt, kk)
+        yb = binarize(standardize_samples(b, eps=eps), estimator, zero, tt, kk)
+        g = torch.randn(ya.shape, dtype=torch.float64, generator=gen)
+        (ya * g).sum().backward()
+        (yb * g).sum().backward()
+        assert torch.equal(ya, yb)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_standardized_sign_constant_map_and_negative_zero():
+    from rbnn.functional.standardized_sign import standardized_sign
+
+    # a constant map with eps > 0: forward +1 (sign(0) = +1), gradient finite (0 through the std term)
+    x = torch.full((2, 3, 4, 4), 0.5, requires_grad=True)
+    y = standardized_sign(x, "rbnn", 1, 1e-5, torch.tensor(1.0), torch.tensor(1.0))
+    assert torch.equal(y, torch.ones_like(y))
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # -0.0 with a zero mean binarizes to +1 like every other zero
+    z = torch.tensor([[-0.0, 0.0, 1.0, -1.0]])
+    assert standardized_sign(z, "ste", 1, 1e-5).tolist() == [[1.0, 1.0, 1.0, -1.0]]
+    # faithful eps = 0 on a constant map reproduces the reference 0/0 (torch.sign(nan) = 0 in the forward,
+    # a NaN gradient in the backward)
+    c = torch.ones(1, 4, requires_grad=True)
+    y = standardized_sign(c, "rbnn", 0, 0.0)
+    assert torch.equal(y, binarize(standardize_samples(torch.ones(1, 4)), "rbnn", 0))
+    y.sum().backward()
+    assert torch.isnan(c.grad).all()

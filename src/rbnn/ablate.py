@@ -58,8 +58,9 @@ def run_ablation(cfg: Config, methods: list[str], seeds: int, out: Path, overwri
         raise ConfigError(f"ablation: unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for method in methods:
-        for seed in range(seeds):
+    # seed-major: after the first pass every method has one comparable result, so a cut-short run still answers
+    for seed in range(seeds):
+        for method in methods:
             run_dir = out / f"{method}-s{seed}"
             summary_file = run_dir / "summary.json"
             if summary_file.is_file() and not overwrite:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..functional import schedules
+from ..functional.standardized_sign import standardized_sign
 from ..functional.surrogates import binarize
 from ..functional.transforms import libra_pb_scale, mean_abs_scale, standardize_filters, standardize_samples
 from ..rotation import factorize, haar_orthogonal, optimize_rotation, rotate
@@ -120,23 +121,30 @@ class BinaryMixin:
     # ---- input path ----------------------------------------------------------------------------
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
         r = self.recipe
-        if r.act_transform == "standardize_sample":
-            x = standardize_samples(x, eps=r.eps)
-        elif r.act_transform == "shift":
-            x = x + self.act_shift.reshape(1, -1, *([1] * (x.dim() - 2)))
-        if r.act_estimator is None:
-            return x
         if r.act_rule == "rbnn":
             t = torch.clamp(self.t, min=1.0)
             k = torch.ones_like(self.k)
         else:
             t, k = self.t, self.k
+        if r.act_transform == "standardize_sample":
+            if r.act_estimator is not None:  # fused: same values and gradients, far fewer passes
+                return standardized_sign(x, r.act_estimator, r.zero, r.eps, t, k)
+            x = standardize_samples(x, eps=r.eps)
+        elif r.act_transform == "shift":
+            x = x + self.act_shift.reshape(1, -1, *([1] * (x.dim() - 2)))
+        if r.act_estimator is None:
+            return x
         return binarize(x, r.act_estimator, r.zero, t, k)
 
-    def _scale_output(self, y: torch.Tensor) -> torch.Tensor:
+    def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the layer's conv/linear runs with. RBNN's learned per-channel output scale lambda is applied to
+        the weight (and bias) rather than to the output: conv(x, b) * lambda == conv(x, lambda * b), and the
+        weight is tiny next to the activation tensor, so this saves a forward and two backward passes."""
+        w, bias = self.binary_weight(), self.bias
         if self.recipe.weight_scale == "learned_output":
-            return y * self.scale.reshape(1, -1, *([1] * (y.dim() - 2)))
-        return y
+            w = w * self.scale.reshape(-1, *([1] * (w.dim() - 1)))
+            bias = None if bias is None else bias * self.scale
+        return w, bias
 
     def binary_extra_repr(self) -> str:
         r = self.recipe
@@ -175,9 +183,8 @@ class BinaryConv2d(nn.Conv2d, BinaryMixin):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(self.binary_input(x), self.binary_weight(), self.bias, self.stride, self.padding,
-                     self.dilation, self.groups)
-        return self._scale_output(y)
+        w, bias = self.weight_and_bias()
+        return F.conv2d(self.binary_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.binary_extra_repr()
@@ -204,7 +211,8 @@ class BinaryLinear(nn.Linear, BinaryMixin):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._scale_output(F.linear(self.binary_input(x), self.binary_weight(), self.bias))
+        w, bias = self.weight_and_bias()
+        return F.linear(self.binary_input(x), w, bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.binary_extra_repr()
