@@ -21,7 +21,10 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds is not None else (seeds or 1)
     out = Path(args.out or (Path("runs") / f"ablate-{cfg.model}"))
     run_ablation(cfg, methods, seeds, out, overwrite=args.overwrite)
+    from .diagnostics.report import write_ablation_report
+
     print((out / "results.md").read_text())
+    print(f"comparison plots: {write_ablation_report(out)}")
     return 0
 
 

@@ -8,6 +8,9 @@ Plots (paper figure they mirror):
 - histograms.png      latent and mixed weight histograms of a few binary layers (Fig. 6)
 - surrogates.png      RBNN's F and F' at several t, with STE/ApproxSign/EDE for reference (Fig. 5)
 - oscillation.png     epoch-wise and sequential oscillation ratios, when the run logged them (ReBNN)
+
+For an ``rbnn ablate`` folder: compare.png, one curve per method (mean ± std over seeds) of test accuracy,
+oscillation ratios, flip rate, cos angle and gamma, beside the results table.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 from ..errors import RbnnError  # noqa: E402
@@ -180,9 +184,84 @@ def plot_surrogates(out: Path) -> Path:
     return p
 
 
+def _method_runs(ablation_dir: Path) -> dict[str, list[list[dict]]]:
+    """{method: [metrics rows of each seed's run]} of an ``rbnn ablate`` folder (runs named METHOD-sSEED)."""
+    runs: dict[str, list[list[dict]]] = {}
+    for metrics in sorted(ablation_dir.glob("*-s*/metrics.csv")):
+        method = metrics.parent.name.rsplit("-s", 1)[0]
+        rows = read_metrics(metrics)
+        if rows:
+            runs.setdefault(method, []).append(rows)
+    return runs
+
+
+def _mean_curve(seed_rows: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float]] | None:
+    """Epochs, mean and std over seeds of column ``key`` (only epochs every seed reached and logged)."""
+    if not all(key in rows[0] for rows in seed_rows):
+        return None
+    n = min(len(rows) for rows in seed_rows)
+    vals = torch.tensor([[float(rows[i][key]) for i in range(n)] for rows in seed_rows], dtype=torch.float64)
+    std = vals.std(0) if len(seed_rows) > 1 else torch.zeros(n, dtype=torch.float64)
+    return [int(seed_rows[0][i]["epoch"]) for i in range(n)], vals.mean(0).tolist(), std.tolist()
+
+
+def plot_ablation_compare(ablation_dir: Path, out: Path) -> list[Path]:
+    """One curve per method (mean over seeds, band = ±1 std): test accuracy, and the model-mean oscillation
+    ratios and RBNN diagnostics wherever runs logged them."""
+    runs = _method_runs(ablation_dir)
+    panels = [("test_acc", "test accuracy", 100.0), ("osc_seq", "sequential oscillation ratio", 1.0),
+              ("osc_epoch", "epoch-wise oscillation ratio", 1.0), ("flip_init", "flip rate vs initial weights", 1.0),
+              ("cos_mixed", "cos angle(w, sign w) of the binarized weight", 1.0), ("gamma_mean", "mean gamma", 1.0)]
+    panels = [p for p in panels if any(_mean_curve(r, p[0]) for r in runs.values())]
+    if not panels:
+        return []
+    cols = min(3, len(panels))
+    rows_n = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
+    color = {m: f"C{i % 10}" for i, m in enumerate(runs)}  # one color per method across panels
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (key, title, mul) in zip(axes.flat, panels):
+        for method, seed_rows in runs.items():
+            c = _mean_curve(seed_rows, key)
+            if c is None:
+                continue
+            ep, mean, std = c
+            m = [mul * v for v in mean]
+            ax.plot(ep, m, "o-", ms=3, lw=1.2, color=color[method], label=f"{method} (n={len(seed_rows)})")
+            ax.fill_between(ep, [a - mul * b for a, b in zip(m, std)], [a + mul * b for a, b in zip(m, std)],
+                            color=color[method], alpha=0.15)
+        ax.set(xlabel="epoch", title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    p = out / "compare.png"
+    _save(fig, p)
+    return [p]
+
+
+def write_ablation_report(ablation_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Comparison plots and index.html for an ``rbnn ablate`` folder (results.md + one run per method/seed)."""
+    ablation_dir = Path(ablation_dir)
+    out = Path(out) if out else ablation_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot_ablation_compare(ablation_dir, out)
+    table = (ablation_dir / "results.md").read_text() if (ablation_dir / "results.md").is_file() else ""
+    imgs = "".join(f'<h2>{p.stem}</h2><img src="{p.name}" style="max-width:100%">' for p in plots)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>rbnn ablation: "
+            f"{html.escape(ablation_dir.name)}</title></head><body><h1>{html.escape(ablation_dir.name)}</h1>"
+            f"<pre>{html.escape(table)}</pre>{imgs}</body></html>")
+    index = out / "index.html"
+    index.write_text(page)
+    return index
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the plots and index.html into ``out`` (default RUN_DIR/report); returns the index path."""
+    """Write the plots and index.html into ``out`` (default RUN_DIR/report); returns the index path.
+    An ``rbnn ablate`` folder (it has results.csv) gets the cross-method comparison report instead."""
     run_dir = Path(run_dir)
+    if (run_dir / "results.csv").is_file() and not (run_dir / "metrics.csv").is_file():
+        return write_ablation_report(run_dir, out)
     metrics = run_dir / "metrics.csv"
     if not metrics.is_file():
         raise RbnnError(f"{run_dir}: no metrics.csv (is this an rbnn run directory?)")
