@@ -42,8 +42,7 @@ def _check(m, path, x, backend):
     assert rep["argmax_agreement"] == 1.0
 
 
-# the models of the deploy contract; ReActNet (RPReLU: PReLU + learned per-channel biases, ceil-mode avg pool)
-# is not in the packed op vocabulary yet and must be refused with a message naming the node
+# the models of the deploy contract (ReActNet: tests/test_deploy_reactnet.py)
 CONTRACT = [
     "resnet20",
     "resnet20_bireal",
@@ -55,16 +54,6 @@ CONTRACT = [
     "smallnet_wide",
 ]
 REGISTERED = [n for n in CONTRACT if n in models.list_models()]
-UNSUPPORTED = [n for n in models.list_models() if n.startswith("reactnet")]
-
-
-@pytest.mark.parametrize("name", UNSUPPORTED)
-def test_unsupported_models_refused_clearly(name, tmp_path):
-    from rbnn.deploy.exporter import ExportError
-
-    m, size = _build(name, "rbnn")
-    with pytest.raises(ExportError, match="fx node"):
-        deploy.export(m, tmp_path / "m.rbnn", input_shape=size)
 
 
 @pytest.mark.parametrize("name", REGISTERED)

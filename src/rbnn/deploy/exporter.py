@@ -4,7 +4,8 @@ The model is traced with torch.fx (binary layers and standard torch.nn layers ar
 example input to record shapes, and translated node by node into the engine's small op vocabulary:
 
     input, conv (float), linear (float), bconv, blinear (binary), affine (BatchNorm), hardtanh, relu,
-    maxpool, avgpool, gap (global average pool), add, slice, pad (zero, e.g. option-A shortcuts), flatten
+    prelu (nn.PReLU and ReActNet's RPReLU), maxpool, avgpool (also ceil_mode), gap (global average pool),
+    add, slice, pad (zero, e.g. option-A shortcuts), flatten
 
 Anything else raises :class:`ExportError` naming the fx node. BatchNorm directly after a conv/linear (the
 conv being its only reader) is folded into the conv's per-channel output affine; a BatchNorm1d feeding a float
@@ -34,9 +35,20 @@ class ExportError(RbnnError):
     """The model uses something the packed format cannot express (message names the node)."""
 
 
+def _rprelu_type() -> type | None:
+    """ReActNet's RPReLU class (None if the model zoo is absent): traced as a leaf, exported as one prelu op."""
+    try:
+        from ..models.reactnet import RPReLU
+    except ImportError:  # pragma: no cover - the deploy package works without the model zoo
+        return None
+    return RPReLU
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, BinaryMixin):
+        # RPReLU reads its biases with get_attr, which the op graph cannot hold: keep it whole
+        rprelu = _rprelu_type()
+        if isinstance(m, BinaryMixin | nn.PReLU) or (rprelu is not None and isinstance(m, rprelu)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -199,18 +211,54 @@ def _bn_node(name: str, qual: str, bn: nn.modules.batchnorm._BatchNorm, inputs: 
     )
 
 
+def _prelu_node(name: str, qual: str, m: nn.Module, channels: int, inputs: list[str]) -> Node:
+    """``(z if z > 0 else slope·z) + shift_out`` with ``z = x + shift_in``, per channel, float32 as torch does."""
+    rprelu = _rprelu_type()
+    if isinstance(m, nn.PReLU):
+        prelu, b1, b2 = m, None, None
+    elif rprelu is not None and isinstance(m, rprelu):
+        prelu, b1, b2 = m.prelu, m.bias1, m.bias2
+    else:
+        raise ExportError(f"node {name!r} ({qual}): {type(m).__name__} is not a PReLU")
+    slope = prelu.weight.detach().reshape(-1)
+    if slope.numel() not in (1, channels):
+        raise ExportError(f"node {name!r} ({qual}): PReLU with {slope.numel()} slopes on {channels} channels")
+
+    def vec(t: torch.Tensor | None) -> np.ndarray:
+        if t is None:
+            return np.zeros(channels, dtype=np.float32)
+        t = t.detach().reshape(-1)
+        if t.numel() != channels:
+            raise ExportError(f"node {name!r} ({qual}): per-channel shift of size {t.numel()}, need {channels}")
+        return _np32(t)
+
+    return Node(
+        name,
+        "prelu",
+        inputs,
+        {"module": qual, "channels": int(channels)},
+        {"shift_in": vec(b1), "slope": _np32(slope.expand(channels)), "shift_out": vec(b2)},
+    )
+
+
 def _is_fn(target, *names: str) -> bool:
     return getattr(target, "__name__", None) in names
 
 
-def _pool_args(k, s, p, d=1) -> dict:
+def _pool_args(k, s, p, d=1, ceil_mode: bool = False, count_include_pad: bool = True) -> dict:
     k = _pair(k)
-    return {
+    args = {
         "kernel": k,
         "stride": _pair(s if s not in (None, []) else k),
         "padding": _pair(p),
         "dilation": _pair(d),
     }
+    # written only when not the default, so files of older exporters read the same
+    if ceil_mode:
+        args["ceil_mode"] = True
+    if not count_include_pad and args["padding"] != [0, 0]:
+        args["count_include_pad"] = False
+    return args
 
 
 def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Node], str, list[dict]]:
@@ -241,7 +289,7 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
     def unsupported(n: fx.Node, what: str) -> ExportError:
         return ExportError(
             f"unsupported op at fx node {n.name!r} ({n.op} {what}); the packed format supports "
-            "Conv2d, Linear, binary layers, BatchNorm, Hardtanh/ReLU, Max/AvgPool, global avg "
+            "Conv2d, Linear, binary layers, BatchNorm, Hardtanh/ReLU/PReLU/RPReLU, Max/AvgPool, global avg "
             "pool, add, channel zero-pad, strided slicing and flatten"
         )
 
@@ -316,14 +364,26 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
                 nodes.append(Node(n.name, "hardtanh", [x], {"min": float(m.min_val), "max": float(m.max_val)}))
             elif isinstance(m, nn.ReLU):
                 nodes.append(Node(n.name, "relu", [x]))
+            elif isinstance(m, nn.PReLU) or (_rprelu_type() is not None and isinstance(m, _rprelu_type())):
+                if out.dim() not in (2, 4):
+                    raise unsupported(n, f"{type(m).__name__} {qual} on a rank-{out.dim()} tensor")
+                nodes.append(_prelu_node(n.name, qual, m, int(out.shape[1]), [x]))
             elif isinstance(m, nn.MaxPool2d):
-                if m.ceil_mode or m.return_indices:
-                    raise unsupported(n, f"MaxPool2d {qual} with ceil_mode/return_indices")
-                nodes.append(Node(n.name, "maxpool", [x], _pool_args(m.kernel_size, m.stride, m.padding, m.dilation)))
+                if m.return_indices:
+                    raise unsupported(n, f"MaxPool2d {qual} with return_indices")
+                nodes.append(
+                    Node(
+                        n.name,
+                        "maxpool",
+                        [x],
+                        _pool_args(m.kernel_size, m.stride, m.padding, m.dilation, bool(m.ceil_mode)),
+                    )
+                )
             elif isinstance(m, nn.AvgPool2d):
-                if m.ceil_mode or (_pair(m.padding) != [0, 0] and not m.count_include_pad) or m.divisor_override:
-                    raise unsupported(n, f"AvgPool2d {qual} options")
-                nodes.append(Node(n.name, "avgpool", [x], _pool_args(m.kernel_size, m.stride, m.padding)))
+                if m.divisor_override:
+                    raise unsupported(n, f"AvgPool2d {qual} with divisor_override")
+                pa = _pool_args(m.kernel_size, m.stride, m.padding, 1, bool(m.ceil_mode), bool(m.count_include_pad))
+                nodes.append(Node(n.name, "avgpool", [x], pa))
             elif isinstance(m, nn.AdaptiveAvgPool2d):
                 if tuple(out.shape[-2:]) == (1, 1):
                     nodes.append(Node(n.name, "gap", [x]))
@@ -403,18 +463,24 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
                 k = args[0] if args else kw["kernel_size"]
                 s = args[1] if len(args) > 1 else kw.get("stride")
                 p = args[2] if len(args) > 2 else kw.get("padding", 0)
-                if kw.get("ceil_mode") or len(args) > 4:
+                d = args[3] if len(args) > 3 else kw.get("dilation", 1)
+                ceil = args[4] if len(args) > 4 else kw.get("ceil_mode", False)
+                if (args[5] if len(args) > 5 else kw.get("return_indices", False)) or len(args) > 6:
                     raise unsupported(n, "max_pool2d options")
-                nodes.append(Node(n.name, "maxpool", [src(n.args[0])], _pool_args(k, s, p, kw.get("dilation", 1))))
+                nodes.append(Node(n.name, "maxpool", [src(n.args[0])], _pool_args(k, s, p, d, bool(ceil))))
             elif name == "avg_pool2d":
                 args = [const(a) for a in n.args[1:]]
                 kw = {k: const(v) for k, v in n.kwargs.items()}
                 k = args[0] if args else kw["kernel_size"]
                 s = args[1] if len(args) > 1 else kw.get("stride")
                 p = args[2] if len(args) > 2 else kw.get("padding", 0)
-                if kw.get("ceil_mode") or len(args) > 3 or _pair(p) != [0, 0]:
-                    raise unsupported(n, "avg_pool2d options")
-                nodes.append(Node(n.name, "avgpool", [src(n.args[0])], _pool_args(k, s, p)))
+                ceil = args[3] if len(args) > 3 else kw.get("ceil_mode", False)
+                include = args[4] if len(args) > 4 else kw.get("count_include_pad", True)
+                divisor = args[5] if len(args) > 5 else kw.get("divisor_override")
+                if divisor is not None or len(args) > 6:
+                    raise unsupported(n, "avg_pool2d with divisor_override")
+                pa = _pool_args(k, s, p, 1, bool(ceil), bool(include))
+                nodes.append(Node(n.name, "avgpool", [src(n.args[0])], pa))
             else:
                 raise unsupported(n, f"{name}")
             continue

@@ -231,6 +231,49 @@ def maxpool_kernel(x, kh_, kw_, sh, sw, ph, pw, dh, dw, out):
 
 
 @njit(cache=True, parallel=True)
+def avgpool_kernel(x, kh_, kw_, sh, sw, ph, pw, include_pad, out):
+    """Average pool of NHWC ``x``: per channel a float32 sum in (kh, kw) order over the in-bounds taps, then one
+    division, as torch's CPU kernel; the divisor counts the padding (``include_pad``) but never the part of
+    a ceil-mode window beyond the right padding."""
+    n_, h_, w_, c_ = x.shape
+    ho, wo = out.shape[1], out.shape[2]
+    for r in prange(n_ * ho):
+        n = r // ho
+        oh = r - n * ho
+        hs = oh * sh - ph
+        he = min(hs + kh_, h_ + ph)
+        h0, h1 = max(hs, 0), min(he, h_)
+        for ow in range(wo):
+            ws = ow * sw - pw
+            we = min(ws + kw_, w_ + pw)
+            w0, w1 = max(ws, 0), min(we, w_)
+            cnt = (he - hs) * (we - ws) if include_pad else (h1 - h0) * (w1 - w0)
+            div = np.float32(cnt)
+            for c in range(c_):
+                out[n, oh, ow, c] = np.float32(0.0)
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    for c in range(c_):
+                        out[n, oh, ow, c] += x[n, ih, iw, c]
+            for c in range(c_):
+                out[n, oh, ow, c] = out[n, oh, ow, c] / div
+
+
+@njit(cache=True, parallel=True)
+def prelu_kernel(x, shift_in, slope, shift_out, out):
+    """Per-channel (last axis) RPReLU: z = x + shift_in; (z if z > 0 else slope·z) + shift_out, float32."""
+    c_ = x.shape[-1]
+    x2 = x.reshape(-1, c_)
+    o2 = out.reshape(-1, c_)
+    for r in prange(x2.shape[0]):
+        for c in range(c_):
+            z = x2[r, c] + shift_in[c]
+            if not z > np.float32(0.0):
+                z = z * slope[c]
+            o2[r, c] = z + shift_out[c]
+
+
+@njit(cache=True, parallel=True)
 def affine_clamp_kernel(x, mul, add, lo, hi, clamp, out):
     c_ = x.shape[-1]
     x2 = x.reshape(-1, c_)
@@ -319,6 +362,11 @@ class _BinPrep:
             pack_nhwc(x, self.shift, mean, ph, pw, xp)
         out = np.empty((n, ho, wo, o), dtype=np.float32)
         mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
+        if res is not None and not raw and res.shape != out.shape:
+            # the kernel indexes res without bounds checks: a residual of another shape (only a hand-made
+            # graph has one) is added unfused, with NumPy's broadcasting like the reference engine
+            y = self.run(x.reshape(n, c) if flat else x) + res
+            return np.clip(y, np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None else y
         has_res = res is not None and not raw
         lo, hi = (np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None and not raw else (0.0, 0.0)
         with _serial_if_small(n * ho * wo * o * kh * kw * cw):
@@ -414,11 +462,31 @@ class FastOps(ref.ReferenceOps):
     def maxpool(self, node: Node, x: np.ndarray) -> np.ndarray:
         (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
         dh, dw = node.attrs.get("dilation", [1, 1])
+        ceil = node.attrs.get("ceil_mode", False)
         n, h, w, c = x.shape
-        ho, wo = ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(w, kw, sw, pw, dw)
+        ho, wo = ref.pool_out_hw(h, kh, sh, ph, dh, ceil), ref.pool_out_hw(w, kw, sw, pw, dw, ceil)
         out = np.empty((n, ho, wo, c), dtype=np.float32)
         with _serial_if_small(out.size * kh * kw // 8):
             maxpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, dh, dw, out)
+        return out
+
+    def avgpool(self, node: Node, x: np.ndarray) -> np.ndarray:
+        (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+        ceil = node.attrs.get("ceil_mode", False)
+        n, h, w, c = x.shape
+        ho, wo = ref.pool_out_hw(h, kh, sh, ph, 1, ceil), ref.pool_out_hw(w, kw, sw, pw, 1, ceil)
+        out = np.empty((n, ho, wo, c), dtype=np.float32)
+        include = bool(node.attrs.get("count_include_pad", True))
+        with _serial_if_small(out.size * kh * kw // 8):
+            avgpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, include, out)
+        return out
+
+    def prelu(self, node: Node, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x)
+        a = node.arrays
+        with _serial_if_small(x.size // 8):
+            prelu_kernel(x, a["shift_in"], a["slope"], a["shift_out"], out)
         return out
 
     def affine(self, node: Node, x: np.ndarray, clamp=None) -> np.ndarray:
@@ -537,6 +605,8 @@ def warmup() -> None:
             out,
         )
     maxpool_kernel(x, 2, 2, 2, 2, 0, 0, 1, 1, np.empty((1, 1, 1, 3), np.float32))
+    avgpool_kernel(x, 2, 2, 2, 2, 0, 0, True, np.empty((1, 1, 1, 3), np.float32))
+    prelu_kernel(x, np.zeros(3, np.float32), np.ones(3, np.float32), np.zeros(3, np.float32), np.empty_like(x))
     affine_clamp_kernel(
         x,
         np.ones(3, np.float32),

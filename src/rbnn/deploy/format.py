@@ -124,6 +124,7 @@ _REQUIRED = {
     "conv": {"weight": "float32", "bias": "float32"},
     "linear": {"weight": "float32", "bias": "float32"},
     "affine": {"mul": "float32", "add": "float32"},
+    "prelu": {"shift_in": "float32", "slope": "float32", "shift_out": "float32"},
 }
 KNOWN_OPS = {
     "input",
@@ -134,6 +135,7 @@ KNOWN_OPS = {
     "affine",
     "hardtanh",
     "relu",
+    "prelu",
     "maxpool",
     "avgpool",
     "gap",
@@ -177,8 +179,36 @@ def _check_node(n: Node) -> str | None:
         elif n.op == "affine":
             if a["mul"].shape != a["add"].shape or a["mul"].ndim != 1:
                 return f"arrays {n.name}:mul/add have shapes {a['mul'].shape}/{a['add'].shape}"
+        elif n.op == "prelu":
+            c = int(at["channels"])
+            for key in ("shift_in", "slope", "shift_out"):
+                if a[key].shape != (c,):
+                    return f"array {n.name}:{key} has shape {a[key].shape}, expected ({c},)"
+        elif n.op in ("maxpool", "avgpool"):
+            return _check_pool(n)
     except (KeyError, TypeError, ValueError) as e:
         return f"node {n.name!r} ({n.op}) has malformed attributes ({type(e).__name__}: {e})"
+    return None
+
+
+def _check_pool(n: Node) -> str | None:
+    """Pool attributes the engines rely on: positive kernel/stride/dilation pairs, padding at most half the
+    (dilated) kernel as torch requires (so no window lies wholly in the padding), boolean flags."""
+    at = n.attrs
+    pairs = {k: at[k] for k in ("kernel", "stride", "padding")}
+    pairs["dilation"] = at.get("dilation", [1, 1])
+    for k, v in pairs.items():
+        ints = isinstance(v, list) and len(v) == 2 and all(type(i) is int for i in v)
+        if not ints:
+            return f"node {n.name!r} ({n.op}) has {k}={v!r}, expected two integers"
+        if min(v) < (0 if k == "padding" else 1):
+            return f"node {n.name!r} ({n.op}) has {k}={v!r} out of range"
+    eff = [(k - 1) * d + 1 for k, d in zip(pairs["kernel"], pairs["dilation"], strict=True)]
+    if any(2 * p > e for p, e in zip(pairs["padding"], eff, strict=True)):
+        return f"node {n.name!r} ({n.op}) has padding {pairs['padding']} larger than half the kernel"
+    for k in ("ceil_mode", "count_include_pad"):
+        if not isinstance(at.get(k, False), bool):
+            return f"node {n.name!r} ({n.op}) has {k}={at[k]!r}, expected a boolean"
     return None
 
 

@@ -42,6 +42,26 @@ def out_hw(h: int, k: int, s: int, p: int, d: int) -> int:
     return (h + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def pool_out_hw(h: int, k: int, s: int, p: int, d: int = 1, ceil_mode: bool = False) -> int:
+    """Pool output size as torch computes it: with ``ceil_mode`` a last, partial window is kept as long as it
+    starts inside the input or the left padding."""
+    if not ceil_mode:
+        return out_hw(h, k, s, p, d)
+    o = -(-(h + 2 * p - d * (k - 1) - 1) // s) + 1
+    return o - 1 if (o - 1) * s >= h + p else o
+
+
+def pool_counts(h: int, k: int, s: int, p: int, o: int, count_include_pad: bool) -> np.ndarray:
+    """Per output index along one axis, how many elements torch's avg pool divides by: the window clipped to
+    the padded input (padding counted) or to the input itself (``count_include_pad=False``). A ceil-mode
+    window running past the right padding is clipped either way."""
+    start = np.arange(o) * s - p
+    end = np.minimum(start + k, h + p)
+    if count_include_pad:
+        return end - start
+    return np.minimum(end, h) - np.maximum(start, 0)
+
+
 def tap_words(node: Node, key: str = "w_bits") -> np.ndarray:
     """A conv's weight bits re-packed per (kh, kw) tap along channels: (O, KH, KW, ceil(C/64)) uint64.
 
@@ -149,19 +169,40 @@ class ReferenceOps:
     def relu(self, node: Node, x: np.ndarray) -> np.ndarray:
         return np.maximum(x, np.float32(0))
 
-    def _pool(self, node: Node, x: np.ndarray, pad_value: float, reduce) -> np.ndarray:
+    def maxpool(self, node: Node, x: np.ndarray) -> np.ndarray:
         (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
         dh, dw = node.attrs.get("dilation", [1, 1])
-        xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
+        ceil = node.attrs.get("ceil_mode", False)
+        ho, wo = pool_out_hw(x.shape[1], kh, sh, ph, dh, ceil), pool_out_hw(x.shape[2], kw, sw, pw, dw, ceil)
+        # -inf padding, extended on the right far enough for a ceil-mode last window
+        eh = max(0, (ho - 1) * sh + (kh - 1) * dh + 1 - (x.shape[1] + 2 * ph))
+        ew = max(0, (wo - 1) * sw + (kw - 1) * dw + 1 - (x.shape[2] + 2 * pw))
+        xp = np.pad(x, ((0, 0), (ph, ph + eh), (pw, pw + ew), (0, 0)), constant_values=-np.inf)
         win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
-        win = win[:, ::sh, ::sw, :, ::dh, ::dw]
-        return reduce(win, axis=(-2, -1)).astype(np.float32)
-
-    def maxpool(self, node: Node, x: np.ndarray) -> np.ndarray:
-        return self._pool(node, x, -np.inf, np.max)
+        win = win[:, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw, :, ::dh, ::dw]
+        return win.max(axis=(-2, -1)).astype(np.float32)
 
     def avgpool(self, node: Node, x: np.ndarray) -> np.ndarray:
-        return self._pool(node, x, 0.0, np.mean)
+        """Sum in float32 over the window in (kh, kw) order, then divide, as torch's CPU kernel does (the zero
+        padding adds exact zeros); the divisor follows torch's ceil_mode / count_include_pad rules."""
+        (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+        ceil = node.attrs.get("ceil_mode", False)
+        include = node.attrs.get("count_include_pad", True)
+        n, h, w, c = x.shape
+        ho, wo = pool_out_hw(h, kh, sh, ph, 1, ceil), pool_out_hw(w, kw, sw, pw, 1, ceil)
+        eh, ew = max(0, (ho - 1) * sh + kh - (h + 2 * ph)), max(0, (wo - 1) * sw + kw - (w + 2 * pw))
+        xp = np.pad(x.astype(np.float32, copy=False), ((0, 0), (ph, ph + eh), (pw, pw + ew), (0, 0)))
+        acc = np.zeros((n, ho, wo, c), dtype=np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                acc += xp[:, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw, :]
+        div = np.outer(pool_counts(h, kh, sh, ph, ho, include), pool_counts(w, kw, sw, pw, wo, include))
+        return acc / div.astype(np.float32)[None, :, :, None]
+
+    def prelu(self, node: Node, x: np.ndarray) -> np.ndarray:
+        """RPReLU / PReLU per channel (last axis): z = x + shift_in; (z if z > 0 else slope·z) + shift_out."""
+        z = x + node.arrays["shift_in"]
+        return np.where(z > 0, z, z * node.arrays["slope"]) + node.arrays["shift_out"]
 
     def gap(self, node: Node, x: np.ndarray) -> np.ndarray:
         return x.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
