@@ -84,3 +84,18 @@ def test_optimize_rotation_float32_orthogonality_and_angle_gain():
 def test_optimize_rotation_rejects_wrong_shape():
     with pytest.raises(ValueError):
         optimize_rotation(torch.randn(3, 4, 5), torch.eye(4), torch.eye(4))
+
+
+def test_optimize_rotation_equals_the_plain_b_r1_r2_steps():
+    # optimize_rotation shares R1^T X between steps for speed; it must still be exactly the B, R1, R2 steps
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(12, 6, 9, dtype=torch.float64, generator=g)
+    R1, R2 = haar_orthogonal(6, g, torch.float64), haar_orthogonal(9, g, torch.float64)
+    A, C = R1, R2
+    for _ in range(3):
+        B = torch.where(rotate(X, A, C) >= 0, 1.0, -1.0).to(X.dtype)
+        A = r1_step(X, B, C)
+        C = r2_step(X, B, A)
+    A2, C2 = optimize_rotation(X, R1, R2, cycles=3, compute_dtype=torch.float64)
+    torch.testing.assert_close(A2, A, rtol=0, atol=1e-10)
+    torch.testing.assert_close(C2, C, rtol=0, atol=1e-10)
