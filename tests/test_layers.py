@@ -218,3 +218,31 @@ def test_eps_prevents_nan_on_constant_input():
         layer(x).sum().backward()
         assert bool(torch.isfinite(x.grad).all()) is finite
         assert bool(torch.isfinite(layer.weight.grad).all())
+
+
+@pytest.mark.parametrize("cls", ["conv", "linear"])
+def test_learned_output_scale_equals_scaling_the_output(cls):
+    # lambda is applied to the weight (and bias) for speed; it must equal (conv(x, b) + bias) * lambda, with the
+    # same gradients for lambda, the bias and the input
+    torch.manual_seed(1)
+    recipe = METHODS["rbnn"]
+    if cls == "conv":
+        layer = BinaryConv2d(4, 5, 3, padding=1, bias=True, recipe=recipe).double()
+        x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    else:
+        layer = BinaryLinear(12, 5, bias=True, recipe=recipe).double()
+        x = torch.randn(3, 12, dtype=torch.float64)
+    with torch.no_grad():
+        layer.scale.copy_(torch.tensor([0.5, -1.25, 2.0, 0.1, -0.3], dtype=torch.float64))
+        layer.bias.normal_()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = layer(xa)
+    ga = torch.autograd.grad(ya.square().sum(), [layer.scale, layer.bias, xa])
+    a = layer.binary_input(xb)
+    raw = (torch.nn.functional.conv2d(a, layer.binary_weight(), layer.bias, padding=1) if cls == "conv"
+           else torch.nn.functional.linear(a, layer.binary_weight(), layer.bias))
+    yb = raw * layer.scale.reshape(1, -1, *([1] * (raw.dim() - 2)))
+    gb = torch.autograd.grad(yb.square().sum(), [layer.scale, layer.bias, xb])
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
