@@ -39,6 +39,8 @@ class MethodConfig:
     name: str = "rbnn"
     weight_estimator: str | None = None
     act_estimator: str | None = None
+    act_transform: str | None = None  # e.g. none: RBNN without its per-sample activation standardization
+    weight_scale: str | None = None  # e.g. pow2: RBNN with IR-Net's scale instead of the learned lambda
     zero: int | None = None
     eps: float | None = None
     t_min: float | None = None
