@@ -121,3 +121,13 @@ def test_every_shipped_config_loads(path):
 
     cfg = load_ablation(path, [])[0] if path.name.startswith("ablation") else load_config(path)
     assert cfg.model in list_models() and cfg.method.name in METHODS
+
+
+def test_method_recipe_overrides_reach_the_layers():
+    # "none" is a recipe value here, not null: the override must arrive as the string
+    cfg = load_config(None, ["method=rbnn", "method.act_transform=none", "method.weight_scale=pow2", "method.eps=0.5"])
+    assert cfg.method.recipe_overrides() == {"act_transform": "none", "weight_scale": "pow2", "eps": 0.5}
+    m = create("smallnet", method="rbnn", **cfg.method.recipe_overrides())
+    r = next(mod.recipe for mod in m.modules() if hasattr(mod, "recipe"))
+    assert (r.act_transform, r.weight_scale, r.eps, r.rotation) == ("none", "pow2", 0.5, True)
+    assert load_config(None, ["method=rbnn"]).method.recipe_overrides() == {}

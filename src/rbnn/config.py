@@ -39,8 +39,9 @@ class MethodConfig:
     name: str = "rbnn"
     weight_estimator: str | None = None
     act_estimator: str | None = None
-    act_transform: str | None = None  # e.g. none: RBNN without its per-sample activation standardization
-    weight_scale: str | None = None  # e.g. pow2: RBNN with IR-Net's scale instead of the learned lambda
+    # "" = the recipe's own; plain strings (not Optional) so that the recipe value "none" is not read as null
+    act_transform: str = ""  # e.g. none: RBNN without its per-sample activation standardization
+    weight_scale: str = ""  # e.g. pow2: RBNN with IR-Net's scale instead of the learned lambda
     zero: int | None = None
     eps: float | None = None
     t_min: float | None = None
@@ -56,7 +57,7 @@ class MethodConfig:
 
     def recipe_overrides(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("name", "skip") and getattr(self, f.name) is not None}
+                if f.name not in ("name", "skip") and getattr(self, f.name) not in (None, "")}
 
 
 @dataclass
