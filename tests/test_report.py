@@ -41,3 +41,18 @@ def test_ablate_table_matches_runs_and_writes_comparison(tmp_path, capsys):
     # `rbnn report` on the ablation folder rebuilds the comparison
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "compare.png").is_file()
+
+
+def test_ablate_split_across_processes_with_only_seeds(tmp_path):
+    cfg = tmp_path / "abl.yaml"
+    cfg.write_text("methods: [xnor]\n")
+    out = tmp_path / "abl"
+    args = ["ablate", "--config", str(cfg), "--seeds", "2", "--out", str(out), *SYN[:-1], "epochs=1"]
+    assert main([*args, "--only-seeds", "1"]) == 0
+    assert not (out / "xnor-s0").exists() and (out / "xnor-s1" / "summary.json").is_file()
+    assert [r["seed"] for r in csv.DictReader((out / "results.csv").open())] == ["1"]
+    mtime = (out / "xnor-s1" / "summary.json").stat().st_mtime_ns
+    assert main([*args, "--only-seeds", "0"]) == 0  # trains s0, reads s1 from disk
+    assert [r["seed"] for r in csv.DictReader((out / "results.csv").open())] == ["0", "1"]
+    assert (out / "xnor-s1" / "summary.json").stat().st_mtime_ns == mtime
+    assert main([*args, "--only-seeds", "x"]) == 2

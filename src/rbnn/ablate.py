@@ -49,7 +49,11 @@ def load_ablation(path: str | Path | None, overrides: list[str]) -> tuple[Config
     return validate(cfg), [str(m) for m in methods], seeds
 
 
-def run_ablation(cfg: Config, methods: list[str], seeds: int, out: Path, overwrite: bool = False) -> list[dict]:
+def run_ablation(cfg: Config, methods: list[str], seeds: int, out: Path, overwrite: bool = False,
+                 train_seeds: set[int] | None = None) -> list[dict]:
+    """Train every (method, seed index < ``seeds``) run into OUT/METHOD-sSEED (finished runs are reused) and write
+    results.md / results.csv. ``train_seeds``: train only these seed indices and take the others from disk when
+    present, so several processes can share one ablation (e.g. ``--only-seeds 0,1`` and ``--only-seeds 2``)."""
     from .methods import METHODS
     from .train.engine import train
 
@@ -63,8 +67,10 @@ def run_ablation(cfg: Config, methods: list[str], seeds: int, out: Path, overwri
         for method in methods:
             run_dir = out / f"{method}-s{seed}"
             summary_file = run_dir / "summary.json"
-            if summary_file.is_file() and not overwrite:
+            if summary_file.is_file() and not (overwrite and (train_seeds is None or seed in train_seeds)):
                 summary = json.loads(summary_file.read_text())
+            elif train_seeds is not None and seed not in train_seeds:
+                continue  # another process trains this one
             else:
                 run_cfg = Config(**{**cfg.__dict__})
                 run_cfg.method = type(cfg.method)(**{**cfg.method.__dict__, "name": method})

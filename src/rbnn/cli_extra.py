@@ -16,11 +16,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import load_ablation, run_ablation
+    from .errors import ConfigError
 
     cfg, methods, seeds = load_ablation(args.config, args.overrides)
     seeds = args.seeds if args.seeds is not None else (seeds or 1)
     out = Path(args.out or (Path("runs") / f"ablate-{cfg.model}"))
-    run_ablation(cfg, methods, seeds, out, overwrite=args.overwrite)
+    only = None
+    if args.only_seeds:
+        try:
+            only = {int(v) for v in args.only_seeds.split(",") if v.strip()}
+        except ValueError:
+            raise ConfigError(f"--only-seeds {args.only_seeds!r}: expected comma-separated seed indices") from None
+    run_ablation(cfg, methods, seeds, out, overwrite=args.overwrite, train_seeds=only)
     from .diagnostics.report import write_ablation_report
 
     print((out / "results.md").read_text())
@@ -117,6 +124,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--seeds", type=int, help="seeds per method (default: the file's 'seeds', else 1)")
     a.add_argument("--out", help="output folder (default runs/ablate-<model>)")
     a.add_argument("--overwrite", action="store_true", help="re-run finished runs")
+    a.add_argument("--only-seeds", help="train only these seed indices (e.g. 2 or 0,1); others are read from "
+                   "disk when finished, so processes can split one ablation")
     a.add_argument("overrides", nargs="*", help="key=value overrides; methods=a,b,c")
     a.set_defaults(func=_cmd_ablate)
 
