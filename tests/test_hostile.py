@@ -367,3 +367,47 @@ def test_sigterm_mid_epoch_in_process_resume_is_exact(tmp_path, reference_run):
     assert state["epoch"] == 1 and state["in_epoch"]["batches_done"] == 3
     engine.train(load_config(None, [*KILL, f"out={out}"]), resume=True)
     _assert_same_run(reference_run, out)
+
+
+def test_mid_epoch_resume_on_image_folders_skips_without_decoding_and_is_exact(tmp_path):
+    """Image-folder loaders start a resumed epoch at the saved batch instead of decoding the batches before it,
+    and the result equals the uninterrupted run."""
+    from PIL import Image
+
+    from rbnn.data import imagefolder
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for cls in ("a", "b"):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / cls / f"{i}.png")
+    common = ["data.name=imagenet", f"data.root={tmp_path / 'img'}", "data.image_size=8", "model=smallnet",
+              "method=xnor", "batch_size=4", "epochs=2", "threads=1", "export=false", "diagnostics=false"]
+    full = tmp_path / "full"
+    engine.train(load_config(None, [*common, f"out={full}"]))
+
+    class Stop(engine.Callback):
+        def on_step_end(self, epoch, batch):
+            if (epoch, batch) == (1, 1):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "mid"
+    original = engine.build_callbacks
+    engine.build_callbacks = lambda model, cfg: original(model, cfg) + [Stop()]
+    try:
+        with pytest.raises(engine.Interrupted):
+            engine.train(load_config(None, [*common, f"out={out}"]))
+    finally:
+        engine.build_callbacks = original
+    assert torch.load(out / "last.pt", weights_only=True)["in_epoch"]["batches_done"] == 2
+    loads = []
+    load = imagefolder.ImageFolder.load
+    imagefolder.ImageFolder.load = lambda self, *a: loads.append(a[0]) or load(self, *a)
+    try:
+        engine.train(load_config(None, [*common, f"out={out}"]), resume=True)
+    finally:
+        imagefolder.ImageFolder.load = load
+    assert len(loads) == 16 - 2 * 4 + 6  # the 2 remaining train batches and the 6 test images, nothing skipped
+    _assert_same_run(full, out)

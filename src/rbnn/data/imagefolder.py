@@ -163,6 +163,7 @@ class EpochBatchSampler:
         self.n, self.batch_size, self.train = n, batch_size, train
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.epoch = 0
+        self.start = 0  # first batch of the next iteration (mid-epoch resume), reset once iterated
         self.num_samples = shard_size(n, rank, world_size, pad=train)
 
     def __len__(self) -> int:
@@ -173,7 +174,8 @@ class EpochBatchSampler:
                             world_size=self.world_size, pad=self.train).tolist()
         base = mix_seed(self.seed, self.epoch, STREAM_SAMPLE, self.rank)
         bs = self.batch_size
-        for b in range(len(self)):
+        start, self.start = self.start, 0
+        for b in range(start, len(self)):
             pos = range(b * bs, min((b + 1) * bs, len(idx)))
             yield [(idx[p], mix_seed(base, p)) for p in pos]
 
@@ -208,6 +210,11 @@ class FolderLoader:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    def skip_batches(self, n: int) -> None:
+        """Start the next iteration at batch ``n`` without decoding the batches before it (mid-epoch resume).
+        Exact: every sample's augmentation seed depends only on its position in the epoch."""
+        self.sampler.start = int(n)
 
     def __iter__(self):
         for x, y, err in self._loader:

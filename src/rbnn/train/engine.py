@@ -386,10 +386,14 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
             train_loader.set_epoch(epoch)
             model.train()
             t0 = time.perf_counter()
-            for b, (x, y) in enumerate(progress(train_loader, steps, f"epoch {epoch + 1}/{cfg.epochs}",
-                                                cfg.progress and main)):
+            first = 0
+            if skip and hasattr(train_loader, "skip_batches"):  # image folders: do not decode skipped batches
+                train_loader.skip_batches(skip)
+                first = skip
+            for b, (x, y) in enumerate(progress(train_loader, steps - first, f"epoch {epoch + 1}/{cfg.epochs}",
+                                                cfg.progress and main), start=first):
                 lr = cfg.optim.lr * lr_factor(epoch, b, steps, cfg.epochs, cfg.schedule)
-                if b < skip:  # the loader is a pure function of (seed, epoch): skipping replays it exactly
+                if b < skip:  # in-memory loaders replay the skipped batches (cheap; keeps the augment RNG exact)
                     continue
                 set_lr(optimizer, lr)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
