@@ -60,9 +60,11 @@ def test_bit_order_is_little_endian_bit1_negative():
 # ---- fast vs reference --------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["xnor", "rbnn", "irnet", "bireal", "rbnn-faithful"])
 @pytest.mark.parametrize("n", [1, 6])
-def test_fast_matches_reference_exactly(method, n, tmp_path):
-    # channels 67/130 (not multiples of 64), spatial 7x9 (Wo not a multiple of 4), stride 2, dilation
-    m = tiny(method, c1=67, c2=130)
+@pytest.mark.parametrize("c1,c2", [(67, 130), (16, 24), (5, 21)])
+def test_fast_matches_reference_exactly(method, n, c1, c2, tmp_path):
+    # channels 67/130 (not multiples of 64) and narrow ones (16/24, 5/21: the fast engine packs several taps
+    # of a kernel row into one word), spatial 7x9 (Wo not a multiple of 4), stride 2, dilation
+    m = tiny(method, c1=c1, c2=c2)
     p = tmp_path / "m.rbnn"
     deploy.export(m, p, input_shape=(3, 7, 9))
     x = rand_input((3, 7, 9), n, seed=n)
@@ -84,6 +86,10 @@ def test_fast_matches_reference_exactly(method, n, tmp_path):
         (13, 130, 11, 1, 1, 0),
         (4, 64, 4, 3, 1, 2),
         (7, 200, 9, 5, 3, 2),
+        (6, 16, 7, 3, 2, 1),
+        (5, 21, 6, 3, 1, 1),
+        (4, 32, 5, 5, 1, 2),
+        (3, 33, 5, 3, 1, 1),
     ],
 )
 def test_bconv_odd_shapes(o, c, hw, k, s, p, tmp_path):
