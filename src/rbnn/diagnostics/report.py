@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..errors import RbnnError  # noqa: E402
+from ..train.checkpoint import atomic_write_text  # noqa: E402
 from ..train.logging import read_metrics  # noqa: E402
 
 
@@ -247,12 +248,17 @@ def write_ablation_report(ablation_dir: str | Path, out: str | Path | None = Non
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_ablation_compare(ablation_dir, out)
     table = (ablation_dir / "results.md").read_text() if (ablation_dir / "results.md").is_file() else ""
+    return _write_index(out, f"rbnn ablation: {ablation_dir.name}", f"<pre>{html.escape(table)}</pre>", plots)
+
+
+def _write_index(out: Path, title: str, head_html: str, plots: list[Path]) -> Path:
+    """index.html: a title, ``head_html`` (summary table), then every plot."""
     imgs = "".join(f'<h2>{p.stem}</h2><img src="{p.name}" style="max-width:100%">' for p in plots)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>rbnn ablation: "
-            f"{html.escape(ablation_dir.name)}</title></head><body><h1>{html.escape(ablation_dir.name)}</h1>"
-            f"<pre>{html.escape(table)}</pre>{imgs}</body></html>")
+    name = html.escape(title)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{name}</title></head><body><h1>{name}</h1>"
+            f"{head_html}{imgs}</body></html>")
     index = out / "index.html"
-    index.write_text(page)
+    atomic_write_text(index, page)
     return index
 
 
@@ -278,10 +284,5 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     rows_html = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
                         for k, v in summary.items() if not isinstance(v, list | dict))
-    imgs = "".join(f'<h2>{p.stem}</h2><img src="{p.name}" style="max-width:100%">' for p in plots)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>rbnn report: {html.escape(run_dir.name)}"
-            f"</title></head><body><h1>{html.escape(run_dir.name)}</h1><table border=1 cellpadding=3>{rows_html}"
-            f"</table>{imgs}</body></html>")
-    index = out / "index.html"
-    index.write_text(page)
-    return index
+    return _write_index(out, f"rbnn report: {run_dir.name}", f"<table border=1 cellpadding=3>{rows_html}</table>",
+                        plots)

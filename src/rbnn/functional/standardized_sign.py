@@ -20,7 +20,6 @@ import math
 
 import torch
 
-from .sign import sign
 from .surrogates import ESTIMATORS, surrogate_grad
 
 SQRT2 = math.sqrt(2.0)
@@ -36,16 +35,18 @@ class StandardizedSign(torch.autograd.Function):
         n = a[0].numel()
         flat = a.reshape(a.shape[0], -1)
         mean = flat.mean(dim=1, keepdim=True)
+        # a - (+0.0) keeps a = -0.0 as -0.0, which copysign would send to -1; subtracting -0.0 instead gives
+        # +0.0 for both zeros and changes nothing else. (No host sync: this runs on every layer every step.)
+        mean = torch.where(mean == 0, torch.full_like(mean, -0.0), mean)
         c = flat - mean
         std = torch.linalg.vector_norm(c, dim=1) / math.sqrt(n - 1)  # unbiased, one fast reduction
         s = std + eps if eps else std
         c = c.reshape(a.shape)
-        if bool((s == 0).any()):  # reference 0/0 (eps = 0 and a constant map): reproduce it exactly
-            out = sign(c / _per_sample(s, a), zero)
-        elif zero == 1 and bool((mean == 0).any()):
-            out = sign(c, zero)  # a zero mean lets x = -0.0 give c = -0.0: take the careful path
-        elif zero == 1:
-            out = torch.copysign(torch.ones((), dtype=c.dtype, device=c.device), c)  # c = x - m is never -0.0
+        # sign(c / s) == sign(c) for s > 0. For a constant map with eps = 0 the reference computes sign(0/0):
+        # torch.sign(nan) = 0 = sign(c) in the faithful sign(0)=0 mode, so no special case is needed there
+        # (sign(0)=+1 together with eps = 0 is not a shipped recipe; it gives +1 here).
+        if zero == 1:
+            out = torch.copysign(torch.ones((), dtype=c.dtype, device=c.device), c)
         else:
             out = torch.sign(c)
         ctx.save_for_backward(c, std, s, t if torch.is_tensor(t) else torch.tensor(t),
@@ -80,6 +81,8 @@ def standardized_sign(a: torch.Tensor, estimator: str, zero: int = 1, eps: float
                       t: float | torch.Tensor = 1.0, k: float | torch.Tensor = 1.0) -> torch.Tensor:
     """sign((a - mean) / (std + eps)) per sample, with ``estimator``'s surrogate backward through the
     standardization (unbiased std, as the RBNN reference code)."""
+    if zero not in (0, 1):
+        raise ValueError(f"zero must be 0 or 1, got {zero!r}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
     return StandardizedSign.apply(a, estimator, zero, eps, t, k)
