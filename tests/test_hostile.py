@@ -346,23 +346,29 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_resume_is_exact(capsys, tmp_p
     _assert_same_run(reference_run, out)
 
 
-def test_sigterm_mid_epoch_in_process_resume_is_exact(tmp_path, reference_run):
-    """Deterministic mid-epoch stop: the signal arrives after batch 3 of epoch 2."""
+def _train_until_sigterm(overrides: list[str], at: tuple[int, int]) -> engine.Interrupted:
+    """Train in-process and send SIGTERM after (epoch, batch) (0-based); returns the Interrupted raised."""
 
     class Sender(engine.Callback):
         def on_step_end(self, epoch, batch):
-            if (epoch, batch) == (1, 2):
+            if (epoch, batch) == at:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    out = tmp_path / "mid"
     original = engine.build_callbacks
     engine.build_callbacks = lambda model, cfg: original(model, cfg) + [Sender()]
     try:
         with pytest.raises(engine.Interrupted) as e:
-            engine.train(load_config(None, [*KILL, f"out={out}"]))
+            engine.train(load_config(None, overrides))
     finally:
         engine.build_callbacks = original
-    assert e.value.exit_code == 143 and "after batch 3/8 of epoch 2" in str(e.value)
+    return e.value
+
+
+def test_sigterm_mid_epoch_in_process_resume_is_exact(tmp_path, reference_run):
+    """Deterministic mid-epoch stop: the signal arrives after batch 3 of epoch 2."""
+    out = tmp_path / "mid"
+    err = _train_until_sigterm([*KILL, f"out={out}"], (1, 2))
+    assert err.exit_code == 143 and "after batch 3/8 of epoch 2" in str(err)
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["in_epoch"]["batches_done"] == 3
     engine.train(load_config(None, [*KILL, f"out={out}"]), resume=True)
@@ -388,19 +394,8 @@ def test_mid_epoch_resume_on_image_folders_skips_without_decoding_and_is_exact(t
     full = tmp_path / "full"
     engine.train(load_config(None, [*common, f"out={full}"]))
 
-    class Stop(engine.Callback):
-        def on_step_end(self, epoch, batch):
-            if (epoch, batch) == (1, 1):
-                os.kill(os.getpid(), signal.SIGTERM)
-
     out = tmp_path / "mid"
-    original = engine.build_callbacks
-    engine.build_callbacks = lambda model, cfg: original(model, cfg) + [Stop()]
-    try:
-        with pytest.raises(engine.Interrupted):
-            engine.train(load_config(None, [*common, f"out={out}"]))
-    finally:
-        engine.build_callbacks = original
+    _train_until_sigterm([*common, f"out={out}"], (1, 1))
     assert torch.load(out / "last.pt", weights_only=True)["in_epoch"]["batches_done"] == 2
     loads = []
     load = imagefolder.ImageFolder.load
