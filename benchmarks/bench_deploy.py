@@ -66,33 +66,33 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
 
     k = 9 * c
     xf, wf = torch.randn(nb, c, hw, hw), torch.randn(c, c, 3, 3)
-    xp = pack_signs(np.where(rng.random((nb, hw + 2, hw + 2, c)) < 0.5, -1.0, 1.0))
-    xp[:, 0], xp[:, -1], xp[:, :, 0], xp[:, :, -1] = 0, 0, 0, 0  # zero padding words
     wb = pack_signs(np.where(rng.random((c, 3, 3, c)) < 0.5, -1.0, 1.0))
     wpop = np.bitwise_count(wb).sum(-1, dtype=np.int64).reshape(c, 9)
+    wblk = fast.row_window_weights(wb, c)
+    rw = (3 * c + 63) // 64
     out = np.empty((nb, hw, hw, c), np.float32)
     one, zero = np.ones(c, np.float32), np.zeros(c, np.float32)
     dummy = np.zeros((1, 1, 1, 1), np.float32)
     xin = rng.standard_normal((nb, hw, hw, c)).astype(np.float32)
     zshift, zmean = np.zeros(c, np.float32), np.zeros(nb, np.float32)
+    xw = np.empty((nb, hw + 2, hw, rw), np.uint64)
+    fast.pack_rows(xin, zshift, zmean, 1, 1, 3, 1, xw)
     f0 = np.float32(0)
 
     def binary():
         fast.bconv_kernel(
-            xp, wb, wpop, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
+            xw, wblk, wpop, 3, 3, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
         )
 
     def packed_layer():
-        xq = np.zeros(xp.shape, np.uint64)
-        fast.pack_nhwc(xin, zshift, zmean, 1, 1, xq)
+        xq = np.empty(xw.shape, np.uint64)
+        fast.pack_rows(xin, zshift, zmean, 1, 1, 3, 1, xq)
         fast.bconv_kernel(
-            xq, wb, wpop, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
+            xq, wblk, wpop, 3, 3, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
         )
 
     with torch.no_grad():
-        t = interleaved(
-            {"torch": lambda: F.conv2d(xf, wf, padding=1), "binary": binary, "layer": packed_layer}, reps
-        )
+        t = interleaved({"torch": lambda: F.conv2d(xf, wf, padding=1), "binary": binary, "layer": packed_layer}, reps)
     gops = 2 * nb * hw * hw * c * k / t["binary"] / 1e9
     print(
         f"  C={c:3d} {hw:2d}x{hw:<2d} K={k:4d}: kernel {t['torch'] / t['binary']:5.1f}x faster "
@@ -197,9 +197,7 @@ def main() -> None:
     )
     fast.warmup()
     rng = np.random.default_rng(0)
-    print(
-        "\n[kernel] binary 3x3 conv (pre-packed input) vs torch fp32 conv2d, batch 16, ResNet-18 CIFAR shapes"
-    )
+    print("\n[kernel] binary 3x3 conv (pre-packed input) vs torch fp32 conv2d, batch 16, ResNet-18 CIFAR shapes")
     for c, hw in [(64, 32), (128, 16), (256, 8), (512, 4)] if not args.quick else [(64, 32), (256, 8)]:
         bench_kernel(c, hw, 16, reps, rng)
     tmp = Path(tempfile.mkdtemp())

@@ -2,15 +2,18 @@
 
 Design (see docs/deploy.md):
 
-- activations are NHWC float32 between layers; a binary layer packs its input per pixel along channels into
-  uint64 words (binarization threshold fused into the packing: per-channel shift or per-sample mean), into a
-  buffer that is already spatially zero-padded;
-- the direct convolution runs over that padded buffer with a 4-pixel × 4-output-channel register block
-  (16 accumulators) and plain loops for the leftover pixels / channels; padding words are 0, which XOR to
-  the weight bits, so for border pixels the popcount of the weight taps that fall outside the image is
-  subtracted again and only valid taps are counted: ``dot = C·n_valid − 2·(popcount − correction)``;
-- the epilogue is fused: ``dot·out_mul + out_add`` (scale, λ, bias and BatchNorm folded at export), then an
-  optional residual add and Hardtanh clamp, written straight to the float output;
+- activations are NHWC float32 between layers; a binary layer binarizes its input (threshold fused: per-channel
+  shift or per-sample mean) and packs it into *row windows*: for every padded input row and start column,
+  the bits of the KW pixels a kernel row covers, densely (tap i, channel c at bit i·C + c), so narrow
+  layers waste no word bits (3 taps of 16 channels fill one word instead of three) and the conv reads each
+  output pixel's operand as KH contiguous runs of words with no gather;
+- the convolution loops over output pixels, and per pixel over blocks of 8 output channels with 8
+  accumulators in registers (the block fits the 16 general registers: no spills), weights interleaved by
+  block so the 8 operands of one step are one cache line; padding bits are 0, which XOR to the weight
+  bits, so for border pixels the popcount of the weight taps that fall outside the image is subtracted
+  again and only valid taps are counted: ``dot = C·n_valid − 2·(popcount − correction)``;
+- the epilogue is fused and vectorized: ``dot·out_mul + out_add`` (scale, λ, bias and BatchNorm folded at
+  export), then an optional residual add and Hardtanh clamp, written straight to the float output;
 - ternary (sign(0)=0) layers fall back to the NumPy reference kernel.
 
 Every kernel is ``@njit(cache=True)``; call :func:`warmup` (or run once) before timing.
@@ -49,138 +52,100 @@ def popcount64(typingctx, x):
 # ---- kernels -----------------------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
-def pack_nhwc(x, shift, mean, ph, pw, out):
-    """Binarize and pack NHWC float32 ``x`` into ``out`` (N, H+2ph, W+2pw, Cw) uint64 (border left as is).
+BLOCK = 8  # output channels per register block: 8 accumulators + operand + temp fit the 16 x86-64 GPRs
 
+
+@njit(cache=True, parallel=True)
+def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
+    """Binarize NHWC float32 ``x`` and pack it into row windows ``out`` (N, H+2ph, Wq, Rw) uint64.
+
+    Window (n, h, w) holds the bits of the ``kw_`` pixels w, w+dw, ... of padded row h, densely: tap i,
+    channel c at bit i·C + c (so 3 taps of 16 channels share one word). Padding pixels and unused bits are 0.
     bit = 1 where not ((x + shift[c]) - mean[n] >= 0): sign(0) = +1, exactly the float32 ops torch does.
     """
     n_, h_, w_, c_ = x.shape
-    cw = out.shape[3]
-    for r in prange(n_ * h_):
-        n = r // h_
-        h = r - n * h_
-        m = mean[n]
-        for w in range(w_):
-            for j in range(cw):
-                word = np.uint64(0)
-                c0 = j * 64
-                cend = min(c_, c0 + 64)
-                for c in range(c0, cend):
-                    v = (x[n, h, w, c] + shift[c]) - m
-                    # branch-free: random signs would mispredict half the time
-                    neg = np.uint64(1) - np.uint64(v >= np.float32(0.0))
-                    word |= neg << np.uint64(c - c0)
-                out[n, h + ph, w + pw, j] = word
+    hp, wq, rw = out.shape[1], out.shape[2], out.shape[3]
+    wp = w_ + 2 * pw
+    cw = (c_ + 63) // 64
+    for r in prange(n_ * hp):
+        n = r // hp
+        hh = r - n * hp
+        h = hh - ph
+        row = np.zeros((wp, cw), dtype=np.uint64)
+        if 0 <= h < h_:
+            m = mean[n]
+            for w in range(w_):
+                for j in range(cw):
+                    word = np.uint64(0)
+                    c0 = j * 64
+                    for c in range(c0, min(c_, c0 + 64)):
+                        v = (x[n, h, w, c] + shift[c]) - m
+                        # branch-free: random signs would mispredict half the time
+                        neg = np.uint64(1) - np.uint64(v >= np.float32(0.0))
+                        word |= neg << np.uint64(c - c0)
+                    row[w + pw, j] = word
+        for w in range(wq):
+            for k in range(rw):
+                out[n, hh, w, k] = 0
+            for i in range(kw_):
+                for j in range(cw):
+                    v = row[w + i * dw, j]
+                    bit = i * c_ + j * 64
+                    wi = bit >> 6
+                    s = bit & 63
+                    out[n, hh, w, wi] |= v << np.uint64(s)
+                    if s != 0 and wi + 1 < rw:
+                        out[n, hh, w, wi + 1] |= v >> np.uint64(64 - s)
 
 
 @njit(cache=True, parallel=True)
-def bconv_kernel(xp, wb, wpop, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh, dw, ph, pw, h_in, w_in, c_in, out):
-    """Binary conv of padded packed ``xp`` (N, Hp, Wp, Cw) with ``wb`` (O, KH, KW, Cw) into float ``out``
-    (N, Ho, Wo, O): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to [lo, hi])``.
-    ``wpop`` (O, KH·KW) holds the popcount of every weight tap (for the border correction)."""
-    n_, hp, wp, cw = xp.shape
-    o_, kh_, kw_, _ = wb.shape
+def bconv_kernel(
+    xw, wblk, wpop, kh_, kw_, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh, dw, ph, pw, h_in, w_in, c_in, out
+):
+    """Binary conv of row windows ``xw`` (from :func:`pack_rows`) with ``wblk`` (O/8, KH·Rw, 8) into float
+    ``out`` (N, Ho, Wo, O): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to
+    [lo, hi])``. ``wpop`` (O, KH·KW) holds the popcount of every weight tap (for the border correction)."""
+    n_, hp, wq, rw = xw.shape
+    nb, kd, _ = wblk.shape
+    o_ = out.shape[3]
     ho, wo = out.shape[1], out.shape[2]
     ntap = kh_ * kw_
-    x2 = xp.reshape(n_ * hp * wp, cw)
-    w2 = wb.reshape(o_, ntap * cw)
-    xf = xp.reshape(n_ * hp * wp * cw)
-    wf = wb.reshape(o_ * ntap * cw)
-    wo_main = wo - wo % 4
-    o_main = o_ - o_ % 4
-    # with dilation 1 along W the KW taps of one kernel row are adjacent in memory: one span of KW*Cw words
-    nspan = 1 if dw == 1 else kw_
-    span = kw_ * cw if dw == 1 else cw
-    xstep = sw * cw  # words between neighbouring output pixels
-    wrow = ntap * cw  # words per output channel
-    uxstep, uxstep2, uxstep3 = np.uint64(xstep), np.uint64(2 * xstep), np.uint64(3 * xstep)
-    uwrow, uwrow2, uwrow3 = np.uint64(wrow), np.uint64(2 * wrow), np.uint64(3 * wrow)
     for r in prange(n_ * ho):
         n = r // ho
         oh = r - n * ho
-        dots = np.empty((wo, o_), dtype=np.int64)
-        for ow0 in range(0, wo_main, 4):
-            for o0 in range(0, o_main, 4):
-                a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.uint64(0)
-                a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.uint64(0)
-                for kh in range(kh_):
-                    for sp in range(nspan):
-                        # unsigned index arithmetic: no negative-index wraparound code in the hot loop
-                        xb = np.uint64(((n * hp + oh * sh + kh * dh) * wp + ow0 * sw + sp * dw) * cw)
-                        wb0 = np.uint64(o0 * wrow + (kh * kw_ + sp) * cw)
-                        for j0 in range(span):
-                            j = np.uint64(j0)
-                            x0 = xf[xb + j]
-                            x1 = xf[xb + uxstep + j]
-                            x2_ = xf[xb + uxstep2 + j]
-                            x3 = xf[xb + uxstep3 + j]
-                            w0 = wf[wb0 + j]
-                            w1 = wf[wb0 + uwrow + j]
-                            w2_ = wf[wb0 + uwrow2 + j]
-                            w3 = wf[wb0 + uwrow3 + j]
-                            a00 += popcount64(x0 ^ w0)
-                            a01 += popcount64(x0 ^ w1)
-                            a02 += popcount64(x0 ^ w2_)
-                            a03 += popcount64(x0 ^ w3)
-                            a10 += popcount64(x1 ^ w0)
-                            a11 += popcount64(x1 ^ w1)
-                            a12 += popcount64(x1 ^ w2_)
-                            a13 += popcount64(x1 ^ w3)
-                            a20 += popcount64(x2_ ^ w0)
-                            a21 += popcount64(x2_ ^ w1)
-                            a22 += popcount64(x2_ ^ w2_)
-                            a23 += popcount64(x2_ ^ w3)
-                            a30 += popcount64(x3 ^ w0)
-                            a31 += popcount64(x3 ^ w1)
-                            a32 += popcount64(x3 ^ w2_)
-                            a33 += popcount64(x3 ^ w3)
-                dots[ow0, o0] = a00
-                dots[ow0, o0 + 1] = a01
-                dots[ow0, o0 + 2] = a02
-                dots[ow0, o0 + 3] = a03
-                dots[ow0 + 1, o0] = a10
-                dots[ow0 + 1, o0 + 1] = a11
-                dots[ow0 + 1, o0 + 2] = a12
-                dots[ow0 + 1, o0 + 3] = a13
-                dots[ow0 + 2, o0] = a20
-                dots[ow0 + 2, o0 + 1] = a21
-                dots[ow0 + 2, o0 + 2] = a22
-                dots[ow0 + 2, o0 + 3] = a23
-                dots[ow0 + 3, o0] = a30
-                dots[ow0 + 3, o0 + 1] = a31
-                dots[ow0 + 3, o0 + 2] = a32
-                dots[ow0 + 3, o0 + 3] = a33
-            # leftover output channels of this pixel block
-            for o in range(o_main, o_):
-                for i in range(4):
-                    s = np.uint64(0)
-                    for kh in range(kh_):
-                        p = (n * hp + oh * sh + kh * dh) * wp + (ow0 + i) * sw
-                        for kw in range(kw_):
-                            t0 = (kh * kw_ + kw) * cw
-                            for c in range(cw):
-                                s += popcount64(x2[p + kw * dw, c] ^ w2[o, t0 + c])
-                    dots[ow0 + i, o] = s
-        # leftover pixels (wo % 4), every output channel
-        for ow in range(wo_main, wo):
-            for o in range(o_):
-                s = np.uint64(0)
-                for kh in range(kh_):
-                    p = (n * hp + oh * sh + kh * dh) * wp + ow * sw
-                    for kw in range(kw_):
-                        t0 = (kh * kw_ + kw) * cw
-                        for c in range(cw):
-                            s += popcount64(x2[p + kw * dw, c] ^ w2[o, t0 + c])
-                dots[ow, o] = s
-        # epilogue: border correction, affine, residual, clamp
+        xl = np.empty(kd, dtype=np.uint64)
+        dots = np.empty(nb * 8, dtype=np.int32)
         ih0 = oh * sh - ph
         row_ok = ih0 >= 0 and ih0 + (kh_ - 1) * dh < h_in
         for ow in range(wo):
+            # the KH windows of this output pixel, one contiguous operand vector
+            for kh in range(kh_):
+                for k in range(rw):
+                    xl[kh * rw + k] = xw[n, oh * sh + kh * dh, ow * sw, k]
+            for b in range(nb):
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.uint64(0)
+                for k in range(kd):
+                    x = xl[k]
+                    a0 += popcount64(x ^ wblk[b, k, 0])
+                    a1 += popcount64(x ^ wblk[b, k, 1])
+                    a2 += popcount64(x ^ wblk[b, k, 2])
+                    a3 += popcount64(x ^ wblk[b, k, 3])
+                    a4 += popcount64(x ^ wblk[b, k, 4])
+                    a5 += popcount64(x ^ wblk[b, k, 5])
+                    a6 += popcount64(x ^ wblk[b, k, 6])
+                    a7 += popcount64(x ^ wblk[b, k, 7])
+                dots[8 * b] = np.int32(a0)
+                dots[8 * b + 1] = np.int32(a1)
+                dots[8 * b + 2] = np.int32(a2)
+                dots[8 * b + 3] = np.int32(a3)
+                dots[8 * b + 4] = np.int32(a4)
+                dots[8 * b + 5] = np.int32(a5)
+                dots[8 * b + 6] = np.int32(a6)
+                dots[8 * b + 7] = np.int32(a7)
+            # border pixels: padding bits are 0, so a tap outside the image counted its weight bits; drop them
             iw0 = ow * sw - pw
-            interior = row_ok and iw0 >= 0 and iw0 + (kw_ - 1) * dw < w_in
             nvalid = ntap
-            if not interior:
+            if not (row_ok and iw0 >= 0 and iw0 + (kw_ - 1) * dw < w_in):
                 nvalid = 0
                 for kh in range(kh_):
                     ih = ih0 + kh * dh
@@ -188,22 +153,86 @@ def bconv_kernel(xp, wb, wpop, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh
                         iw = iw0 + kw * dw
                         if 0 <= ih < h_in and 0 <= iw < w_in:
                             nvalid += 1
+                        else:
+                            for o in range(o_):
+                                dots[o] -= np.int32(wpop[o, kh * kw_ + kw])
+            # epilogue in float32 (vectorized): every integer here is < 2**24, so exact
+            cn = np.float32(c_in * nvalid)
+            two = np.float32(2.0)
+            if has_res:
+                for o in range(o_):
+                    y = (cn - two * np.float32(dots[o])) * mul[o] + add[o] + res[n, oh, ow, o]
+                    out[n, oh, ow, o] = min(max(y, lo), hi) if clamp else y
+            else:
+                for o in range(o_):
+                    y = (cn - two * np.float32(dots[o])) * mul[o] + add[o]
+                    out[n, oh, ow, o] = min(max(y, lo), hi) if clamp else y
+
+
+def row_window_weights(w: np.ndarray, c_in: int) -> np.ndarray:
+    """Per-tap weight words (O, KH, KW, Cw) -> (ceil(O/8), KH·Rw, 8) blocks in :func:`pack_rows`' dense
+    row-window layout (tap i, channel c at bit i·C + c of kernel row kh), output channels padded with 0."""
+    o, kh, kw, cw = w.shape
+    rw = (kw * c_in + 63) // 64
+    d = np.zeros((o, kh, rw + 1), np.uint64)
+    for i in range(kw):
+        for j in range(cw):
+            v = w[:, :, i, j]
+            bit = i * c_in + j * 64
+            wi, s = bit >> 6, bit & 63
+            d[:, :, wi] |= v << np.uint64(s)
+            if s:
+                d[:, :, wi + 1] |= v >> np.uint64(64 - s)
+    nb = (o + BLOCK - 1) // BLOCK
+    blk = np.zeros((nb * BLOCK, kh * rw), np.uint64)
+    blk[:o] = d[:, :, :rw].reshape(o, kh * rw)
+    return np.ascontiguousarray(blk.reshape(nb, BLOCK, kh * rw).transpose(0, 2, 1))
+
+
+@njit(cache=True, parallel=True)
+def fconv_kernel(x, wt, bias, sh, sw, ph, pw, dh, dw, out):
+    """Float direct conv, NHWC: ``wt`` (KH, KW, C, O); the O loop is innermost (vectorized). For the float
+    first layer (C = 3): no im2col copy, and no BLAS call whose spinning worker threads would steal the
+    cores from the binary layers that follow."""
+    n_, h_, w_, c_ = x.shape
+    kh_, kw_, _, o_ = wt.shape
+    ho, wo = out.shape[1], out.shape[2]
+    for r in prange(n_ * ho):
+        n = r // ho
+        oh = r - n * ho
+        acc = np.empty(o_, dtype=np.float32)
+        for ow in range(wo):
             for o in range(o_):
-                pc = np.int64(dots[ow, o])
-                if not interior:
-                    for kh in range(kh_):
-                        ih = ih0 + kh * dh
-                        for kw in range(kw_):
-                            iw = iw0 + kw * dw
-                            if not (0 <= ih < h_in and 0 <= iw < w_in):
-                                pc -= wpop[o, kh * kw_ + kw]
-                d = c_in * nvalid - 2 * pc
-                y = np.float32(d) * mul[o] + add[o]
-                if has_res:
-                    y += res[n, oh, ow, o]
-                if clamp:
-                    y = min(max(y, lo), hi)
-                out[n, oh, ow, o] = y
+                acc[o] = np.float32(0.0)
+            for kh in range(kh_):
+                ih = oh * sh - ph + kh * dh
+                if ih < 0 or ih >= h_:
+                    continue
+                for kw in range(kw_):
+                    iw = ow * sw - pw + kw * dw
+                    if iw < 0 or iw >= w_:
+                        continue
+                    for c in range(c_):
+                        v = x[n, ih, iw, c]
+                        for o in range(o_):
+                            acc[o] += v * wt[kh, kw, c, o]
+            for o in range(o_):
+                out[n, oh, ow, o] = acc[o] + bias[o]
+
+
+@njit(cache=True, parallel=True)
+def flinear_kernel(x, wt, bias, out):
+    """Float linear ``x @ wt + bias`` with ``wt`` (F, O), one sample per parallel iteration."""
+    n_, f_ = x.shape
+    o_ = wt.shape[1]
+    for n in prange(n_):
+        acc = np.zeros(o_, dtype=np.float32)
+        for f in range(f_):
+            v = x[n, f]
+            for o in range(o_):
+                acc[o] += v * wt[f, o]
+        for o in range(o_):
+            out[n, o] = acc[o] + bias[o]
 
 
 @njit(cache=True, parallel=True)
@@ -326,10 +355,14 @@ class _BinPrep:
             self.pad, self.stride, self.dil = (0, 0), (1, 1), (1, 1)
         else:
             self.pad, self.stride, self.dil = tuple(at["padding"]), tuple(at["stride"]), tuple(at["dilation"])
-        self.w = np.ascontiguousarray(w)
-        o, kh, kw, _ = self.w.shape
-        self.wpop = np.bitwise_count(self.w).sum(-1, dtype=np.int64).reshape(o, kh * kw)
+        o, kh, kw, _ = w.shape
+        self.kshape = (o, kh, kw)
+        self.wpop = np.bitwise_count(w).sum(-1, dtype=np.int64).reshape(o, kh * kw)
         self.c = int(at["in_channels"])
+        if self.c * kh * kw >= 1 << 24:
+            raise ValueError(f"{node.name}: C·KH·KW = {self.c * kh * kw} is too large for the float32 epilogue")
+        self.rw = (kw * self.c + 63) // 64
+        self.wblk = row_window_weights(w, self.c)
         self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float32)
         self.add = np.ascontiguousarray(node.arrays["out_add"], dtype=np.float32)
         self.shift = (
@@ -350,16 +383,16 @@ class _BinPrep:
         n, h, w, c = x.shape
         ph, pw = self.pad
         (sh, sw), (dh, dw) = self.stride, self.dil
-        o, kh, kw, cw = self.w.shape
+        o, kh, kw = self.kshape
         ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         if self.standardize:
             mean = x.reshape(n, -1).mean(axis=1, dtype=np.float64).astype(np.float32)
         else:
             mean = np.zeros(n, dtype=np.float32)
-        xp = np.zeros((n, h + 2 * ph, w + 2 * pw, cw), dtype=np.uint64)
+        xw = np.empty((n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), dtype=np.uint64)
         with _serial_if_small(x.size // 4):
-            pack_nhwc(x, self.shift, mean, ph, pw, xp)
+            pack_rows(x, self.shift, mean, ph, pw, kw, dw, xw)
         out = np.empty((n, ho, wo, o), dtype=np.float32)
         mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
         if res is not None and not raw and res.shape != out.shape:
@@ -369,11 +402,13 @@ class _BinPrep:
             return np.clip(y, np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None else y
         has_res = res is not None and not raw
         lo, hi = (np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None and not raw else (0.0, 0.0)
-        with _serial_if_small(n * ho * wo * o * kh * kw * cw):
+        with _serial_if_small(n * ho * wo * o * kh * self.rw):
             bconv_kernel(
-                xp,
-                self.w,
+                xw,
+                self.wblk,
                 self.wpop,
+                kh,
+                kw,
                 mul,
                 add,
                 res if has_res else _DUMMY4,
@@ -432,32 +467,34 @@ class FastOps(ref.ReferenceOps):
 
     blinear = bconv
 
+    def _float_weight(self, node: Node) -> np.ndarray:
+        """The float weight with the output axis last: (KH, KW, C, O) for a conv, (F, O) for a linear."""
+        key = node.name + "/wt"
+        wt = self.prep.get(key)
+        if wt is None:
+            w = node.arrays["weight"]
+            wt = self.prep[key] = np.ascontiguousarray(w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T)
+        return wt
+
     def conv(self, node: Node, x: np.ndarray) -> np.ndarray:
-        w = node.arrays["weight"]
         (ph, pw), (sh, sw), (dh, dw) = node.attrs["padding"], node.attrs["stride"], node.attrs["dilation"]
-        o, c, kh, kw = w.shape
-        key = node.name + "/w"
-        wm = self.prep.get(key)
-        if wm is None:  # (KH*KW*C, O) matching the im2col order (kh, kw, c)
-            wm = self.prep[key] = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o))
+        wt = self._float_weight(node)
+        kh, kw, _, o = wt.shape
         n, h, wd, _ = x.shape
-        ho, wo = ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(wd, kw, sw, pw, dw)
-        xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
-        if kh == kw == 1:
-            cols = np.ascontiguousarray(xp[:, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw, :])
-        else:
-            cols = np.empty((n, ho, wo, kh, kw, c), dtype=np.float32)
-            for i in range(kh):
-                for j in range(kw):
-                    cols[:, :, :, i, j, :] = xp[
-                        :,
-                        i * dh : i * dh + (ho - 1) * sh + 1 : sh,
-                        j * dw : j * dw + (wo - 1) * sw + 1 : sw,
-                        :,
-                    ]
-        y = cols.reshape(n * ho * wo, -1) @ wm
-        y += node.arrays["bias"]
-        return y.reshape(n, ho, wo, o)
+        out = np.empty((n, ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(wd, kw, sw, pw, dw), o), dtype=np.float32)
+        with _serial_if_small(out.size * wt.shape[2] * kh * kw // 8):
+            xc = np.ascontiguousarray(x, dtype=np.float32)
+            fconv_kernel(xc, wt, node.arrays["bias"], sh, sw, ph, pw, dh, dw, out)
+        return out
+
+    def linear(self, node: Node, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2:
+            return super().linear(node, x)
+        wt = self._float_weight(node)
+        out = np.empty((x.shape[0], wt.shape[1]), dtype=np.float32)
+        with _serial_if_small(x.shape[0] * wt.size // 8):
+            flinear_kernel(np.ascontiguousarray(x, dtype=np.float32), wt, node.arrays["bias"], out)
+        return out
 
     def maxpool(self, node: Node, x: np.ndarray) -> np.ndarray:
         (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
@@ -577,15 +614,17 @@ class FastOps(ref.ReferenceOps):
 def warmup() -> None:
     """Compile (or load from cache) every kernel on tiny inputs."""
     x = np.zeros((1, 2, 2, 3), dtype=np.float32)
-    xp = np.zeros((1, 4, 4, 1), dtype=np.uint64)
-    pack_nhwc(x, np.zeros(3, np.float32), np.zeros(1, np.float32), 1, 1, xp)
-    w = np.zeros((5, 3, 3, 1), dtype=np.uint64)
+    xw = np.zeros((1, 4, 2, 1), dtype=np.uint64)
+    pack_rows(x, np.zeros(3, np.float32), np.zeros(1, np.float32), 1, 1, 3, 1, xw)
+    wblk = np.zeros((1, 3, BLOCK), dtype=np.uint64)
     out = np.empty((1, 2, 2, 5), dtype=np.float32)
     for has_res in (False, True):
         bconv_kernel(
-            xp,
-            w,
+            xw,
+            wblk,
             np.zeros((5, 9), np.int64),
+            3,
+            3,
             np.ones(5, np.float32),
             np.zeros(5, np.float32),
             np.zeros((1, 2, 2, 5), np.float32),
@@ -604,6 +643,9 @@ def warmup() -> None:
             3,
             out,
         )
+    z2 = np.zeros(2, np.float32)
+    fconv_kernel(x, np.zeros((1, 1, 3, 2), np.float32), z2, 1, 1, 0, 0, 1, 1, np.empty((1, 2, 2, 2), np.float32))
+    flinear_kernel(x.reshape(4, 3), np.zeros((3, 2), np.float32), z2, np.empty((4, 2), np.float32))
     maxpool_kernel(x, 2, 2, 2, 2, 0, 0, 1, 1, np.empty((1, 1, 1, 3), np.float32))
     avgpool_kernel(x, 2, 2, 2, 2, 0, 0, True, np.empty((1, 1, 1, 3), np.float32))
     prelu_kernel(x, np.zeros(3, np.float32), np.ones(3, np.float32), np.zeros(3, np.float32), np.empty_like(x))
