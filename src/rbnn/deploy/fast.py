@@ -21,6 +21,8 @@ Every kernel is ``@njit(cache=True)``; call :func:`warmup` (or run once) before 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -55,7 +57,7 @@ def popcount64(typingctx, x):
 BLOCK = 8  # output channels per register block: 8 accumulators + operand + temp fit the 16 x86-64 GPRs
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
     """Binarize NHWC float32 ``x`` and pack it into row windows ``out`` (N, H+2ph, Wq, Rw) uint64.
 
@@ -98,7 +100,7 @@ def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
                         out[n, hh, w, wi + 1] |= v >> np.uint64(64 - s)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def sample_mean_kernel(x2, out):
     """Per-row mean of (N, L) float32 ``x2`` accumulated in float64 (8 interleaved partial sums, vectorized),
     rounded to float32: RBNN's per-sample activation mean."""
@@ -115,7 +117,7 @@ def sample_mean_kernel(x2, out):
         out[n] = np.float32(s / l_)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def bconv_kernel(
     xw, wblk, wpop, kh_, kw_, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh, dw, ph, pw, h_in, w_in, c_in, out
 ):
@@ -206,7 +208,7 @@ def row_window_weights(w: np.ndarray, c_in: int) -> np.ndarray:
     return np.ascontiguousarray(blk.reshape(nb, BLOCK, kh * rw).transpose(0, 2, 1))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def fconv_kernel(x, wt, bias, sh, sw, ph, pw, dh, dw, out):
     """Float direct conv, NHWC: ``wt`` (KH, KW, C, O); the O loop is innermost (vectorized). For the float
     first layer (C = 3): no im2col copy, and no BLAS call whose spinning worker threads would steal the
@@ -237,7 +239,7 @@ def fconv_kernel(x, wt, bias, sh, sw, ph, pw, dh, dw, out):
                 out[n, oh, ow, o] = acc[o] + bias[o]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def flinear_kernel(x, wt, bias, out):
     """Float linear ``x @ wt + bias`` with ``wt`` (F, O), one sample per parallel iteration."""
     n_, f_ = x.shape
@@ -252,7 +254,7 @@ def flinear_kernel(x, wt, bias, out):
             out[n, o] = acc[o] + bias[o]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def maxpool_kernel(x, kh_, kw_, sh, sw, ph, pw, dh, dw, out):
     n_, h_, w_, c_ = x.shape
     ho, wo = out.shape[1], out.shape[2]
@@ -276,7 +278,7 @@ def maxpool_kernel(x, kh_, kw_, sh, sw, ph, pw, dh, dw, out):
                             out[n, oh, ow, c] = v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def avgpool_kernel(x, kh_, kw_, sh, sw, ph, pw, include_pad, out):
     """Average pool of NHWC ``x``: per channel a float32 sum in (kh, kw) order over the in-bounds taps, then one
     division, as torch's CPU kernel; the divisor counts the padding (``include_pad``) but never the part of
@@ -305,7 +307,7 @@ def avgpool_kernel(x, kh_, kw_, sh, sw, ph, pw, include_pad, out):
                 out[n, oh, ow, c] = out[n, oh, ow, c] / div
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def prelu_kernel(x, shift_in, slope, shift_out, out):
     """Per-channel (last axis) RPReLU: z = x + shift_in; (z if z > 0 else slope·z) + shift_out, float32."""
     c_ = x.shape[-1]
@@ -319,7 +321,7 @@ def prelu_kernel(x, shift_in, slope, shift_out, out):
             o2[r, c] = z + shift_out[c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def affine_clamp_kernel(x, mul, add, lo, hi, clamp, out):
     c_ = x.shape[-1]
     x2 = x.reshape(-1, c_)
@@ -333,6 +335,13 @@ def affine_clamp_kernel(x, mul, add, lo, hi, clamp, out):
 
 
 # ---- ops ---------------------------------------------------------------------------------------------
+
+# A large batch runs as tiles of at most TILE images on parallel threads (the kernels release the GIL), each
+# tile single-threaded: a tile's activations stay in cache, and the float glue between kernels (NumPy,
+# one thread) runs in parallel too. Every op is per sample, so the logits equal the untiled run's exactly.
+# Batches below TILE_MIN images per thread run untiled with every kernel multi-threaded.
+TILE = 32
+TILE_MIN = 4
 
 # Work below this many uint64 word operations runs on one thread: waking the pool costs more than it saves
 # (and on a loaded machine a parallel region waits a scheduler tick for its second thread).
@@ -459,6 +468,8 @@ class FastOps(ref.ReferenceOps):
     def __init__(self) -> None:
         self.prep: dict[str, _BinPrep] = {}
         self.plan = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
 
     # -- per node ----------------------------------------------------------------------------------------
     def _p(self, node: Node) -> _BinPrep:
@@ -612,7 +623,25 @@ class FastOps(ref.ReferenceOps):
                 env[name] = fn(env)
             return env[out_name]
 
-        self.plan = run
+        def run_serial(x: np.ndarray) -> np.ndarray:
+            prev = numba.get_num_threads()  # thread-local in numba
+            numba.set_num_threads(1)
+            try:
+                return run(x)
+            finally:
+                numba.set_num_threads(prev)
+
+        def run_tiled(x: np.ndarray) -> np.ndarray:
+            n, threads = x.shape[0], numba.get_num_threads()
+            if threads < 2 or n < TILE_MIN * threads:
+                return run(x)  # small batch: every kernel uses all threads
+            tile = min(TILE, -(-n // threads))
+            if self._pool is None or self._pool_size != threads:
+                self._pool, self._pool_size = ThreadPoolExecutor(threads, thread_name_prefix="rbnn-fast"), threads
+            parts = list(self._pool.map(run_serial, [x[i : i + tile] for i in range(0, n, tile)]))
+            return np.concatenate(parts)
+
+        self.plan = run_tiled
 
     def _bin_step(self, node: Node, res_name: str | None, clamp):
         src = node.inputs[0]
