@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,82 @@ def test_binary_linear_fast(tmp_path):
     assert rep["ok"], rep
 
 
+def _tiled(monkeypatch, tile: int, tile_min: int) -> None:
+    from rbnn.deploy import fast as fast_engine
+
+    monkeypatch.setattr(fast_engine, "TILE", tile)
+    monkeypatch.setattr(fast_engine, "TILE_MIN", tile_min)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="tiles run on parallel threads: needs 2 numba threads")
+@pytest.mark.parametrize("method", ["rbnn", "bireal"])
+def test_fast_tiled_batch_equals_untiled(method, monkeypatch, tmp_path):
+    # a large batch runs as tiles on parallel threads; every op is per sample (RBNN's mean included), so the
+    # logits must equal the untiled run bit for bit, whatever the tile boundaries
+    m = tiny(method, c1=16, c2=24)
+    p = tmp_path / "m.rbnn"
+    deploy.export(m, p, input_shape=(3, 7, 9))
+    x = rand_input((3, 7, 9), 11, seed=3)
+    packed = deploy.load(p, backend="fast")
+    prev = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        _tiled(monkeypatch, 10**9, 10**9)
+        untiled = packed.predict(x)
+        _tiled(monkeypatch, 3, 1)  # 11 images -> tiles of 3, 3, 3, 2 on 2 threads
+        tiled = packed.predict(x)
+        assert packed.ops._pool is not None  # the tiled path ran
+        with ThreadPoolExecutor(2) as pool:  # two callers at once on one model
+            concurrent = list(pool.map(packed.predict, [x, x[::-1]]))
+    finally:
+        numba.set_num_threads(prev)
+    np.testing.assert_array_equal(tiled, untiled)
+    np.testing.assert_array_equal(concurrent[0], untiled)
+    np.testing.assert_array_equal(concurrent[1], untiled[::-1])
+    np.testing.assert_allclose(tiled, deploy.load(p, backend="reference").predict(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,s,p,d", [(3, 1, 1, 1), (5, 2, 3, 2), (1, 2, 0, 1), (7, 2, 3, 1)])
+def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
+    # the fast engine's float layers are its own numba kernels (no BLAS): same values as the reference to
+    # float32 rounding, for strides, paddings and dilations
+    from rbnn.deploy.fast import FastOps
+    from rbnn.deploy.format import Node
+    from rbnn.deploy.reference import ReferenceOps
+
+    rng = np.random.default_rng(k + s)
+    w = rng.standard_normal((11, 3, k, k)).astype(np.float32)
+    conv = Node(
+        "c",
+        "conv",
+        ["x"],
+        {"padding": [p, p], "stride": [s, s], "dilation": [d, d]},
+        {"weight": w, "bias": rng.standard_normal(11).astype(np.float32)},
+    )
+    x = rng.standard_normal((2, 13, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(FastOps().conv(conv, x), ReferenceOps().conv(conv, x), rtol=1e-5, atol=1e-5)
+    lin = Node(
+        "l",
+        "linear",
+        ["x"],
+        {},
+        {"weight": rng.standard_normal((9, 70)).astype(np.float32), "bias": rng.standard_normal(9).astype(np.float32)},
+    )
+    xf = rng.standard_normal((5, 70)).astype(np.float32)
+    np.testing.assert_allclose(FastOps().linear(lin, xf), ReferenceOps().linear(lin, xf), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (4, 16384), (2, 100003)])
+def test_fast_sample_mean_equals_numpy_float64_mean(shape):
+    # RBNN's activation threshold: the fast engine's mean must round to the same float32 as the reference's
+    from rbnn.deploy.fast import sample_mean_kernel
+
+    x = (np.random.default_rng(shape[1]).standard_normal(shape) * 3 + 0.25).astype(np.float32)
+    out = np.empty(shape[0], np.float32)
+    sample_mean_kernel(x, out)
+    np.testing.assert_array_equal(out, x.mean(axis=1, dtype=np.float64).astype(np.float32))
+
+
 # ---- tampered files ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def good_file(tmp_path_factory):
@@ -167,9 +245,7 @@ def _bconv_key(e):
         (
             "attrs",
             _header_edit(
-                lambda h: next(n for n in h["nodes"] if n["op"] == "bconv")["attrs"].__setitem__(
-                    "in_channels", 999
-                )
+                lambda h: next(n for n in h["nodes"] if n["op"] == "bconv")["attrs"].__setitem__("in_channels", 999)
             ),
             "expected",
         ),

@@ -21,6 +21,7 @@ Every kernel is ``@njit(cache=True)``; call :func:`warmup` (or run once) before 
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -470,6 +471,7 @@ class FastOps(ref.ReferenceOps):
         self.plan = None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
+        self._pool_lock = threading.Lock()
 
     # -- per node ----------------------------------------------------------------------------------------
     def _p(self, node: Node) -> _BinPrep:
@@ -636,9 +638,11 @@ class FastOps(ref.ReferenceOps):
             if threads < 2 or n < TILE_MIN * threads:
                 return run(x)  # small batch: every kernel uses all threads
             tile = min(TILE, -(-n // threads))
-            if self._pool is None or self._pool_size != threads:
-                self._pool, self._pool_size = ThreadPoolExecutor(threads, thread_name_prefix="rbnn-fast"), threads
-            parts = list(self._pool.map(run_serial, [x[i : i + tile] for i in range(0, n, tile)]))
+            with self._pool_lock:
+                if self._pool is None or self._pool_size != threads:
+                    self._pool, self._pool_size = ThreadPoolExecutor(threads, thread_name_prefix="rbnn-fast"), threads
+                pool = self._pool
+            parts = list(pool.map(run_serial, [x[i : i + tile] for i in range(0, n, tile)]))
             return np.concatenate(parts)
 
         self.plan = run_tiled
