@@ -153,6 +153,26 @@ def test_fast_tiled_batch_equals_untiled(method, monkeypatch, tmp_path):
     np.testing.assert_allclose(tiled, deploy.load(p, backend="reference").predict(x), rtol=1e-5, atol=1e-5)
 
 
+def test_fast_large_batch_with_workqueue_layer(tmp_path):
+    # numba's fallback threading layer (no OpenMP/TBB on the machine) aborts on concurrent use from Python
+    # threads: the engine must then run a large batch untiled, with the same logits
+    p = tmp_path / "m.rbnn"
+    deploy.export(tiny("rbnn"), p, input_shape=(3, 7, 9))
+    x = rand_input((3, 7, 9), 16, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", deploy.load(p, backend="fast").predict(x))
+    code = (
+        "import numpy as np, numba, rbnn.deploy as d\n"
+        f"m = d.load({str(p)!r}, backend='fast')\n"
+        f"y = m.predict(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        "assert numba.threading_layer() == 'workqueue', numba.threading_layer()\n"
+        f"assert np.array_equal(y, np.load({str(tmp_path / 'want.npy')!r}))\n"
+    )
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("k,s,p,d", [(3, 1, 1, 1), (5, 2, 3, 2), (1, 2, 0, 1), (7, 2, 3, 1)])
 def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
     # the fast engine's float layers are its own numba kernels (no BLAS): same values as the reference to

@@ -21,6 +21,7 @@ Every kernel is ``@njit(cache=True)``; call :func:`warmup` (or run once) before 
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -377,6 +378,16 @@ class _serial_if_small:
             numba.set_num_threads(self.restore)
 
 
+def _threadsafe_layer() -> bool:
+    """Whether numba's threading layer may be entered from several Python threads at once (omp, tbb). Without
+    OpenMP or TBB numba falls back to "workqueue", which aborts the process on concurrent use: no tiles then."""
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:  # no parallel kernel has run yet in this process
+        warmup_parallel_layer()
+        return numba.threading_layer() != "workqueue"
+
+
 def _managed(run, x: np.ndarray, threads: int) -> np.ndarray:
     """``run(x)`` with lazy thread-count switching (see :class:`_serial_if_small`); ``threads`` = the current
     numba thread count of this thread."""
@@ -495,7 +506,7 @@ class FastOps(ref.ReferenceOps):
         self.prep: dict[str, _BinPrep] = {}
         self.plan = None
         self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
+        self._pool_key = (0, 0)
         self._pool_lock = threading.Lock()
 
     # -- per node ----------------------------------------------------------------------------------------
@@ -660,12 +671,14 @@ class FastOps(ref.ReferenceOps):
 
         def run_tiled(x: np.ndarray) -> np.ndarray:
             n, threads = x.shape[0], numba.get_num_threads()
-            if threads < 2 or n < TILE_MIN * threads:
+            if threads < 2 or n < TILE_MIN * threads or not _threadsafe_layer():
                 return _managed(run, x, threads)  # small batch: kernels use all threads unless tiny
             tile = min(TILE, -(-n // threads))
             with self._pool_lock:
-                if self._pool is None or self._pool_size != threads:
-                    self._pool, self._pool_size = ThreadPoolExecutor(threads, thread_name_prefix="rbnn-fast"), threads
+                # a forked child inherits the pool object but not its threads: make a new one there
+                if self._pool is None or self._pool_key != (threads, os.getpid()):
+                    self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rbnn-fast")
+                    self._pool_key = (threads, os.getpid())
                 pool = self._pool
             parts = list(pool.map(run_serial, [x[i : i + tile] for i in range(0, n, tile)]))
             return np.concatenate(parts)
@@ -686,6 +699,11 @@ class FastOps(ref.ReferenceOps):
         fn = getattr(self, node.op)
         ins = list(node.inputs)
         return lambda env: fn(node, *[env[i] for i in ins])
+
+
+def warmup_parallel_layer() -> None:
+    """Run one tiny parallel kernel so that numba picks its threading layer."""
+    sample_mean_kernel(np.zeros((1, 1), np.float32), np.empty(1, np.float32))
 
 
 def warmup() -> None:
