@@ -59,18 +59,24 @@ def popcount64(typingctx, x):
 BLOCK = 8  # output channels per register block: 8 accumulators + operand + temp fit the 16 x86-64 GPRs
 
 
+# (8 bytes of 0/1 as a little-endian uint64 · _BYTES_TO_BITS) >> 49 & 0xFF = those 8 flags as the bits of one byte
+_BYTES_TO_BITS = np.uint64(0x0002040810204081)
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
     """Binarize NHWC float32 ``x`` and pack it into row windows ``out`` (N, H+2ph, Wq, Rw) uint64.
 
     Window (n, h, w) holds the bits of the ``kw_`` pixels w, w+dw, ... of padded row h, densely: tap i,
     channel c at bit i·C + c (so 3 taps of 16 channels share one word). Padding pixels and unused bits are 0.
-    bit = 1 where not ((x + shift[c]) - mean[n] >= 0): sign(0) = +1, exactly the float32 ops torch does.
+    bit = 1 where not ((x + shift[c]) - mean[n] >= 0): sign(0) = +1, exactly the float32 ops torch does. The
+    compare runs vectorized into 0/1 bytes, and one multiply turns 8 such bytes into 8 bits.
     """
     n_, h_, w_, c_ = x.shape
     hp, wq, rw = out.shape[1], out.shape[2], out.shape[3]
     wp = w_ + 2 * pw
     cw = (c_ + 63) // 64
+    c8 = (c_ + 7) // 8
     for r in prange(n_ * hp):
         n = r // hp
         hh = r - n * hp
@@ -78,28 +84,33 @@ def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
         row = np.zeros((wp, cw), dtype=np.uint64)
         if 0 <= h < h_:
             m = mean[n]
+            flags = np.zeros(c8, dtype=np.uint64)  # bytes beyond C stay 0
+            fb = flags.view(np.uint8)
             for w in range(w_):
-                for j in range(cw):
-                    word = np.uint64(0)
-                    c0 = j * 64
-                    for c in range(c0, min(c_, c0 + 64)):
-                        v = (x[n, h, w, c] + shift[c]) - m
-                        # branch-free: random signs would mispredict half the time
-                        neg = np.uint64(1) - np.uint64(v >= np.float32(0.0))
-                        word |= neg << np.uint64(c - c0)
-                    row[w + pw, j] = word
-        for w in range(wq):
-            for k in range(rw):
-                out[n, hh, w, k] = 0
-            for i in range(kw_):
-                for j in range(cw):
-                    v = row[w + i * dw, j]
-                    bit = i * c_ + j * 64
-                    wi = bit >> 6
-                    s = bit & 63
-                    out[n, hh, w, wi] |= v << np.uint64(s)
-                    if s != 0 and wi + 1 < rw:
-                        out[n, hh, w, wi + 1] |= v >> np.uint64(64 - s)
+                for c in range(c_):
+                    fb[c] = np.uint8(1) - np.uint8(((x[n, h, w, c] + shift[c]) - m) >= np.float32(0.0))
+                for g in range(c8):
+                    byte = ((flags[g] * _BYTES_TO_BITS) >> np.uint64(49)) & np.uint64(0xFF)
+                    row[w + pw, g >> 3] |= byte << np.uint64((g & 7) * 8)
+        if rw == 1:  # KW·C <= 64: the window is one word, built in a register
+            for w in range(wq):
+                acc = np.uint64(0)
+                for i in range(kw_):
+                    acc |= row[w + i * dw, 0] << np.uint64(i * c_)
+                out[n, hh, w, 0] = acc
+        else:
+            for w in range(wq):
+                for k in range(rw):
+                    out[n, hh, w, k] = 0
+                for i in range(kw_):
+                    for j in range(cw):
+                        v = row[w + i * dw, j]
+                        bit = i * c_ + j * 64
+                        wi = bit >> 6
+                        s = bit & 63
+                        out[n, hh, w, wi] |= v << np.uint64(s)
+                        if s != 0 and wi + 1 < rw:
+                            out[n, hh, w, wi + 1] |= v >> np.uint64(64 - s)
 
 
 @njit(cache=True, parallel=True, nogil=True)
