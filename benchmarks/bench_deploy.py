@@ -67,7 +67,7 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     k = 9 * c
     xf, wf = torch.randn(nb, c, hw, hw), torch.randn(c, c, 3, 3)
     wb = pack_signs(np.where(rng.random((c, 3, 3, c)) < 0.5, -1.0, 1.0))
-    wpop = np.bitwise_count(wb).sum(-1, dtype=np.int64).reshape(c, 9)
+    wpop = fast.tap_popcounts(wb)
     wblk = fast.row_window_weights(wb, c)
     rw = (3 * c + 63) // 64
     out = np.empty((nb, hw, hw, c), np.float32)

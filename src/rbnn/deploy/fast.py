@@ -136,7 +136,8 @@ def bconv_kernel(
 ):
     """Binary conv of row windows ``xw`` (from :func:`pack_rows`) with ``wblk`` (O/8, KH·Rw, 8) into float
     ``out`` (N, Ho, Wo, O): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to
-    [lo, hi])``. ``wpop`` (O, KH·KW) holds the popcount of every weight tap (for the border correction)."""
+    [lo, hi])``. ``wpop`` (KH·KW, O) int32 holds the popcount of every weight tap (for the border correction,
+    contiguous along O so that it vectorizes)."""
     n_, hp, wq, rw = xw.shape
     nb, kd, _ = wblk.shape
     o_ = out.shape[3]
@@ -187,7 +188,7 @@ def bconv_kernel(
                             nvalid += 1
                         else:
                             for o in range(o_):
-                                dots[o] -= np.int32(wpop[o, kh * kw_ + kw])
+                                dots[o] -= wpop[kh * kw_ + kw, o]
             # epilogue in float32 (vectorized): every integer here is < 2**24, so exact
             cn = np.float32(c_in * nvalid)
             two = np.float32(2.0)
@@ -199,6 +200,12 @@ def bconv_kernel(
                 for o in range(o_):
                     y = (cn - two * np.float32(dots[o])) * mul[o] + add[o]
                     out[n, oh, ow, o] = min(max(y, lo), hi) if clamp else y
+
+
+def tap_popcounts(w: np.ndarray) -> np.ndarray:
+    """Per-tap weight words (O, KH, KW, Cw) -> (KH·KW, O) int32 popcounts, the border correction's table."""
+    o, kh, kw, _ = w.shape
+    return np.ascontiguousarray(np.bitwise_count(w).sum(-1, dtype=np.int64).reshape(o, kh * kw).T.astype(np.int32))
 
 
 def row_window_weights(w: np.ndarray, c_in: int) -> np.ndarray:
@@ -431,7 +438,7 @@ class _BinPrep:
             self.pad, self.stride, self.dil = tuple(at["padding"]), tuple(at["stride"]), tuple(at["dilation"])
         o, kh, kw, _ = w.shape
         self.kshape = (o, kh, kw)
-        self.wpop = np.bitwise_count(w).sum(-1, dtype=np.int64).reshape(o, kh * kw)
+        self.wpop = tap_popcounts(w)
         self.c = int(at["in_channels"])
         if self.c * kh * kw >= 1 << 24:
             raise ValueError(f"{node.name}: C·KH·KW = {self.c * kh * kw} is too large for the float32 epilogue")
@@ -729,7 +736,7 @@ def warmup() -> None:
         bconv_kernel(
             xw,
             wblk,
-            np.zeros((5, 9), np.int64),
+            np.zeros((9, 5), np.int32),
             3,
             3,
             np.ones(5, np.float32),
