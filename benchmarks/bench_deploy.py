@@ -69,6 +69,7 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     wb = pack_signs(np.where(rng.random((c, 3, 3, c)) < 0.5, -1.0, 1.0))
     wpop = fast.tap_popcounts(wb)
     wblk = fast.row_window_weights(wb, c)
+    wrow = np.ascontiguousarray(wblk.transpose(0, 2, 1).reshape(-1, 3 * ((3 * c + 63) // 64))[:c])
     rw = (3 * c + 63) // 64
     out = np.empty((nb, hw, hw, c), np.float32)
     one, zero = np.ones(c, np.float32), np.zeros(c, np.float32)
@@ -81,14 +82,14 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
 
     def binary():
         fast.bconv_kernel(
-            xw, wblk, wpop, 3, 3, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
+            xw, wblk, wrow, wpop, 3, 3, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
         )
 
     def packed_layer():
         xq = np.empty(xw.shape, np.uint64)
         fast.pack_rows(xin, zshift, zmean, 1, 1, 3, 1, xq)
         fast.bconv_kernel(
-            xq, wblk, wpop, 3, 3, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
+            xq, wblk, wrow, wpop, 3, 3, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
         )
 
     with torch.no_grad():

@@ -132,9 +132,10 @@ def sample_mean_kernel(x2, out):
 
 @njit(cache=True, parallel=True, nogil=True)
 def bconv_kernel(
-    xw, wblk, wpop, kh_, kw_, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh, dw, ph, pw, h_in, w_in, c_in, out
+    xw, wblk, wrow, wpop, kh_, kw_, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh, dw, ph, pw, h_in, w_in, c_in, out
 ):
-    """Binary conv of row windows ``xw`` (from :func:`pack_rows`) with ``wblk`` (O/8, KH·Rw, 8) into float
+    """Binary conv of row windows ``xw`` (from :func:`pack_rows`) with ``wblk`` (O/8, KH·Rw, 8) (``wrow``: the
+    same weights as (O, KH·Rw), for 3, 6 or 9 operand words per output, kept in registers) into float
     ``out`` (N, Ho, Wo, O): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to
     [lo, hi])``. ``wpop`` (KH·KW, O) int32 holds the popcount of every weight tap (for the border correction,
     contiguous along O so that it vectorizes)."""
@@ -155,7 +156,38 @@ def bconv_kernel(
             for kh in range(kh_):
                 for k in range(rw):
                     xl[kh * rw + k] = xw[n, oh * sh + kh * dh, ow * sw, k]
-            for b in range(nb):
+            if kd == 9:  # 3x3, 43-64 channels: the 9 operand words stay in registers, output channels inner
+                x0, x1, x2, x3, x4, x5, x6, x7, x8 = xl[0], xl[1], xl[2], xl[3], xl[4], xl[5], xl[6], xl[7], xl[8]
+                for o in range(o_):
+                    dots[o] = np.int32(
+                        popcount64(x0 ^ wrow[o, 0])
+                        + popcount64(x1 ^ wrow[o, 1])
+                        + popcount64(x2 ^ wrow[o, 2])
+                        + popcount64(x3 ^ wrow[o, 3])
+                        + popcount64(x4 ^ wrow[o, 4])
+                        + popcount64(x5 ^ wrow[o, 5])
+                        + popcount64(x6 ^ wrow[o, 6])
+                        + popcount64(x7 ^ wrow[o, 7])
+                        + popcount64(x8 ^ wrow[o, 8])
+                    )
+            elif kd == 3:  # 3x3, <= 21 channels: one word per kernel row
+                x0, x1, x2 = xl[0], xl[1], xl[2]
+                for o in range(o_):
+                    dots[o] = np.int32(
+                        popcount64(x0 ^ wrow[o, 0]) + popcount64(x1 ^ wrow[o, 1]) + popcount64(x2 ^ wrow[o, 2])
+                    )
+            elif kd == 6:  # 3x3, 22-42 channels: two words per kernel row
+                x0, x1, x2, x3, x4, x5 = xl[0], xl[1], xl[2], xl[3], xl[4], xl[5]
+                for o in range(o_):
+                    dots[o] = np.int32(
+                        popcount64(x0 ^ wrow[o, 0])
+                        + popcount64(x1 ^ wrow[o, 1])
+                        + popcount64(x2 ^ wrow[o, 2])
+                        + popcount64(x3 ^ wrow[o, 3])
+                        + popcount64(x4 ^ wrow[o, 4])
+                        + popcount64(x5 ^ wrow[o, 5])
+                    )
+            for b in range(nb if kd != 9 and kd != 3 and kd != 6 else 0):
                 a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.uint64(0)
                 for k in range(kd):
                     x = xl[k]
@@ -444,6 +476,7 @@ class _BinPrep:
             raise ValueError(f"{node.name}: C·KH·KW = {self.c * kh * kw} is too large for the float32 epilogue")
         self.rw = (kw * self.c + 63) // 64
         self.wblk = row_window_weights(w, self.c)
+        self.wrow = np.ascontiguousarray(self.wblk.transpose(0, 2, 1).reshape(-1, kh * self.rw)[:o])
         self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float32)
         self.add = np.ascontiguousarray(node.arrays["out_add"], dtype=np.float32)
         self.shift = (
@@ -489,6 +522,7 @@ class _BinPrep:
             bconv_kernel(
                 xw,
                 self.wblk,
+                self.wrow,
                 self.wpop,
                 kh,
                 kw,
@@ -736,6 +770,7 @@ def warmup() -> None:
         bconv_kernel(
             xw,
             wblk,
+            np.zeros((5, 3), np.uint64),
             np.zeros((9, 5), np.int32),
             3,
             3,
