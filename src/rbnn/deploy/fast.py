@@ -22,6 +22,7 @@ Every kernel is ``@njit(cache=True)``; call :func:`warmup` (or run once) before 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,6 +35,9 @@ from numba.extending import intrinsic
 
 from . import reference as ref
 from .format import Node, PackedGraph
+
+if sys.byteorder != "little":  # the pack's bytes-to-bits multiply reads 8 flag bytes as a little-endian word
+    raise ImportError("rbnn.deploy.fast needs a little-endian CPU; use backend='reference'")
 
 # ---- popcount ----------------------------------------------------------------------------------------
 
