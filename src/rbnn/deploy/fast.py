@@ -7,16 +7,19 @@ Design (see docs/deploy.md):
   the bits of the KW pixels a kernel row covers, densely (tap i, channel c at bit i·C + c), so narrow
   layers waste no word bits (3 taps of 16 channels fill one word instead of three) and the conv reads each
   output pixel's operand as KH contiguous runs of words with no gather;
-- the convolution loops over output pixels, and per pixel over blocks of 8 output channels with 8
-  accumulators in registers (the block fits the 16 general registers: no spills), weights interleaved by
-  block so the 8 operands of one step are one cache line; padding bits are 0, which XOR to the weight
-  bits, so for border pixels the popcount of the weight taps that fall outside the image is subtracted
-  again and only valid taps are counted: ``dot = C·n_valid − 2·(popcount − correction)``;
+- the convolution loops over output pixels. With 3, 6 or 9 operand words per output (3x3 convs up to 64
+  channels) the words stay in registers and the loop runs over output channels; otherwise over blocks of 8
+  output channels with 8 accumulators in registers (the block fits the 16 general registers: no spills),
+  weights interleaved by block so the 8 operands of one step are one cache line. Padding bits are 0, which
+  XOR to the weight bits, so for border pixels the popcount of the weight taps that fall outside the image
+  is subtracted again and only valid taps are counted: ``dot = C·n_valid − 2·(popcount − correction)``;
 - the epilogue is fused and vectorized: ``dot·out_mul + out_add`` (scale, λ, bias and BatchNorm folded at
   export), then an optional residual add and Hardtanh clamp, written straight to the float output;
-- ternary (sign(0)=0) layers fall back to the NumPy reference kernel.
+- ternary (sign(0)=0) layers fall back to the NumPy reference kernel;
+- no BLAS: float layers are numba loops too (OpenBLAS's spinning worker threads stole the binary layers' cores);
+- a large batch runs as tiles on a thread pool, each tile single-threaded (see ``TILE``).
 
-Every kernel is ``@njit(cache=True)``; call :func:`warmup` (or run once) before timing.
+Every kernel is ``@njit(cache=True, nogil=True)``; call :func:`warmup` (or run once) before timing.
 """
 
 from __future__ import annotations
