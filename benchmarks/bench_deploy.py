@@ -69,7 +69,7 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     wb = pack_signs(np.where(rng.random((c, 3, 3, c)) < 0.5, -1.0, 1.0))
     wpop = fast.tap_popcounts(wb)
     wblk = fast.row_window_weights(wb, c)
-    wrow = np.ascontiguousarray(wblk.transpose(0, 2, 1).reshape(-1, 3 * ((3 * c + 63) // 64))[:c])
+    wrow = fast.per_channel_weights(wblk, c)
     rw = (3 * c + 63) // 64
     out = np.empty((nb, hw, hw, c), np.float32)
     one, zero = np.ones(c, np.float32), np.zeros(c, np.float32)

@@ -247,6 +247,12 @@ def tap_popcounts(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.bitwise_count(w).sum(-1, dtype=np.int64).reshape(o, kh * kw).T.astype(np.int32))
 
 
+def per_channel_weights(wblk: np.ndarray, o: int) -> np.ndarray:
+    """The blocked weights of :func:`row_window_weights` as (O, KH·Rw), one row per output channel: the
+    layout of the kernel's register-resident path (3, 6 or 9 operand words)."""
+    return np.ascontiguousarray(wblk.transpose(0, 2, 1).reshape(-1, wblk.shape[1])[:o])
+
+
 def row_window_weights(w: np.ndarray, c_in: int) -> np.ndarray:
     """Per-tap weight words (O, KH, KW, Cw) -> (ceil(O/8), KH·Rw, 8) blocks in :func:`pack_rows`' dense
     row-window layout (tap i, channel c at bit i·C + c of kernel row kh), output channels padded with 0."""
@@ -485,7 +491,7 @@ class _BinPrep:
             raise ValueError(f"{node.name}: C·KH·KW = {self.c * kh * kw} is too large for the float32 epilogue")
         self.rw = (kw * self.c + 63) // 64
         self.wblk = row_window_weights(w, self.c)
-        self.wrow = np.ascontiguousarray(self.wblk.transpose(0, 2, 1).reshape(-1, kh * self.rw)[:o])
+        self.wrow = per_channel_weights(self.wblk, o)
         self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float32)
         self.add = np.ascontiguousarray(node.arrays["out_add"], dtype=np.float32)
         self.shift = (
