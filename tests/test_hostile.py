@@ -113,6 +113,7 @@ def test_labels_out_of_range(capsys, tmp_path, idx_root):
 def test_overwrite_with_bad_data_keeps_the_old_run(capsys, tmp_path, idx_root):
     out = tmp_path / "run"
     out.mkdir()
+    (out / ".rbnn-run").write_text("{}")
     (out / "last.pt").write_bytes(b"old run")
     (idx_root / "train-labels-idx1-ubyte.gz").unlink()
     _refused(capsys, "train", "--overwrite", "model=smallnet", "method=xnor", "threads=1", "export=false",

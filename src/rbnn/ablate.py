@@ -76,7 +76,9 @@ def run_ablation(cfg: Config, methods: list[str], seeds: int, out: Path, overwri
                 run_cfg.method = type(cfg.method)(**{**cfg.method.__dict__, "name": method})
                 run_cfg.seed = cfg.seed + seed
                 run_cfg.out = str(run_dir)
-                summary = train(validate(run_cfg), overwrite=True)
+                # an interrupted run continues where it stopped; a finished one is re-run from scratch
+                resume = (run_dir / "last.pt").is_file() and not summary_file.is_file()
+                summary = train(validate(run_cfg), resume=resume, overwrite=not resume)
             results.append({"method": method, "seed": seed, "test_acc": summary["test_acc"],
                             "best_test_acc": summary["best_test_acc"], "train_seconds": summary["train_seconds"],
                             "train_img_per_s": summary.get("train_img_per_s")})

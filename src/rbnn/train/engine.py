@@ -6,12 +6,12 @@ everything needed to resume (model, optimizer, callback state, RNG, metrics so f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import platform
 import random
-import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -29,6 +29,8 @@ from ..errors import CheckpointError, ConfigError, RbnnError
 from ..nn.layers import binary_modules
 from . import distributed as dist_utils
 from .callbacks import Callback, ModuleHooks, RotationUpdate, SurrogateSchedule, WeightDiagnostics
+from ..data.idx import FASHION_MNIST_ROOT
+from ..rundir import RunDirError, check_run_dir, create_run_dir, remove_if_no_result
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .logging import MetricsLog, progress
 from .optim import build_optimizer, lr_factor, set_lr
@@ -144,38 +146,15 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.model}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    """The run directory of ``cfg`` after checking that this run may use it; changes nothing on disk."""
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RbnnError(f"run directory {run_dir} exists and is not a directory")
-    occupied = run_dir.exists() and any(run_dir.iterdir())
-    if resume:
-        if not (run_dir / "last.pt").is_file():
-            raise CheckpointError(f"cannot resume: {run_dir / 'last.pt'} not found")
-    elif occupied and not overwrite:
-        raise RbnnError(f"run directory {run_dir} already exists and is not empty; "
-                        "pass --resume to continue it or --overwrite to replace it")
-    return run_dir
+def run_dir_of(cfg: Config) -> Path:
+    return Path(cfg.out) if cfg.out else default_run_dir(cfg)
 
 
-def create_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Rank 0 only: replace (``overwrite``) or create the run directory; on resume, drop the temp files a
-    killed writer left behind (``.last.pt.*.tmp``: the rename never happened, so they are incomplete)."""
-    if resume:
-        for tmp in run_dir.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-        return
-    if overwrite and run_dir.exists() and any(run_dir.iterdir()):
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    run_dir = check_run_dir(cfg, resume, overwrite)
-    if dist_utils.rank() == 0:
-        create_run_dir(run_dir, resume, overwrite)
-    return run_dir
+def data_roots(cfg: Config) -> list[Path]:
+    """The directories the run reads data from: ``--overwrite`` must never delete them."""
+    if cfg.data.root:
+        return [Path(cfg.data.root)]
+    return [Path(FASHION_MNIST_ROOT)] if cfg.data.name == "fashion-mnist" else []
 
 
 def _fsync_dir(path: Path) -> None:
@@ -252,8 +231,14 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     destroyed on the way out. Only rank 0 writes files; every rank returns the same summary.
     """
     created = dist_utils.init_from_env(cfg.device)
+    cfg = dataclasses.replace(cfg, out=str(run_dir_of(cfg)))  # one name, even for the timestamped default
     try:
         return _train(cfg, resume, overwrite, stop_after_epochs)
+    except RbnnError as e:
+        # a run that failed before its first checkpoint leaves nothing that blocks rerunning the same command
+        if not resume and not isinstance(e, (Interrupted, RunDirError)) and dist_utils.rank() == 0:
+            remove_if_no_result(Path(cfg.out))
+        raise
     finally:
         if created:
             dist_utils.destroy()
@@ -274,7 +259,8 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
                           "on CPU); use sync_bn=false with device=cpu")
     main = rank == 0
     # check only; nothing on disk changes until the data and the model are known to be good
-    run_dir = check_run_dir(cfg, resume, overwrite)
+    run_dir = run_dir_of(cfg)
+    check_run_dir(run_dir, resume, overwrite, data_roots(cfg))
     if cfg.batch_size % world:
         raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is not divisible by {world} processes")
 
