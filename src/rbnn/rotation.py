@@ -32,7 +32,8 @@ def haar_orthogonal(n: int, generator: torch.Generator | None = None, dtype=torc
     a = torch.randn(n, n, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(a)
     q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-    return q.to(dtype)
+    # QR's q is column-major; collectives (NCCL's broadcast of R1/R2) need row-major contiguous tensors
+    return q.to(dtype).contiguous()
 
 
 def rotate(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:

@@ -125,12 +125,18 @@ class OscillationMonitor:
                 "seq_sum": cpu(self.seq_sum), "gamma_sum": cpu(self.gamma_sum), "gamma_max": cpu(self.gamma_max)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.prev_step = dict(state.get("prev_step", {}))
-        self.prev_epoch = dict(state.get("prev_epoch", {}))
+        """Every tensor goes to its layer's device, whatever device the checkpoint was loaded onto."""
+        devices = {name: m.weight.device for name, m in self.layers}
+
+        def here(d: dict) -> dict:
+            return {k: v.to(devices.get(k, v.device)) for k, v in d.items()}
+
+        self.prev_step = here(state.get("prev_step", {}))
+        self.prev_epoch = here(state.get("prev_epoch", {}))
         self.steps = int(state.get("steps", 0))
-        self.seq_sum = dict(state.get("seq_sum", {}))
-        self.gamma_sum = dict(state.get("gamma_sum", {}))
-        self.gamma_max = dict(state.get("gamma_max", {}))
+        self.seq_sum = here(state.get("seq_sum", {}))
+        self.gamma_sum = here(state.get("gamma_sum", {}))
+        self.gamma_max = here(state.get("gamma_max", {}))
 
 
 def oscillation_callbacks(model: nn.Module, cfg=None) -> list[OscillationMonitor]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..diagnostics.weights import cos_to_sign, flip_rate, quantization_error
 from ..nn.layers import BinaryMixin, binary_modules
-from ..rotation import haar_orthogonal, orthogonality_error, rotate
+from ..rotation import factorize, haar_orthogonal, orthogonality_error, rotate
 from . import distributed as dist_utils
 
 
@@ -99,9 +99,11 @@ class WeightDiagnostics(Callback):
     """Per binary layer per epoch: angles, quantization error, flip rates (vs init, vs previous epoch, and a
     random-rotation control), mean alpha, orthogonality of R. Written as ``<layer>/<metric>`` columns.
 
-    The random-rotation control applies a fixed Haar-random R1 (x) R2 to the *initial* latent weights: the
-    spec (§1.11) shows any such rotation already flips ~50% of signs, so RBNN's ~50% flip rate must be read
-    against it.
+    The random-rotation control applies a fixed Haar-random R1 (x) R2 to the *initial* latent weights: any
+    such rotation already flips ~50% of signs, so RBNN's ~50% flip rate must be read against it.
+
+    The saved weights (``init``, ``prev``) live on the device of the layer they belong to, also after a
+    checkpoint saved on one device is loaded onto another (``load_state_dict`` moves them there).
     """
 
     def __init__(self, model: nn.Module, seed: int = 0) -> None:
@@ -116,13 +118,11 @@ class WeightDiagnostics(Callback):
         g = torch.Generator().manual_seed(12345 + self.seed)
         for name, m in self.layers:
             if name not in self.init:
-                self.init[name] = m.weight.detach().cpu().clone()
+                self.init[name] = m.weight.detach().clone()
             if name not in self.prev:
                 self.prev[name] = self._binary(m)
             if name not in self.random_flip:
                 w = m.latent_weight().detach().cpu()
-                from ..rotation import factorize
-
                 n1, n2 = factorize(w[0].numel())
                 R1, R2 = haar_orthogonal(n1, g, w.dtype), haar_orthogonal(n2, g, w.dtype)
                 rotated = rotate(w.reshape(-1, n1, n2), R1, R2).reshape(w.shape)
@@ -131,7 +131,7 @@ class WeightDiagnostics(Callback):
     @staticmethod
     @torch.no_grad()
     def _binary(m: BinaryMixin) -> torch.Tensor:
-        w = m.mixed_weight().detach().cpu()
+        w = m.mixed_weight().detach()
         return torch.where(w >= 0, 1, -1).to(torch.int8)
 
     @torch.no_grad()
@@ -139,8 +139,8 @@ class WeightDiagnostics(Callback):
         out: dict[str, float] = {}
         cos_mixed, cos_latent, flips, alphas = [], [], [], []
         for name, m in self.layers:
-            latent = m.latent_weight().detach().cpu()
-            mixed = m.mixed_weight().detach().cpu()
+            latent = m.latent_weight().detach()
+            mixed = m.mixed_weight().detach()
             b = torch.where(mixed >= 0, 1, -1).to(torch.int8)
             cm, cl = float(cos_to_sign(mixed).mean()), float(cos_to_sign(latent).mean())
             out[f"{name}/cos_mixed"] = cm
@@ -168,9 +168,11 @@ class WeightDiagnostics(Callback):
         return out
 
     def state_dict(self) -> dict:
-        return {"init": self.init, "prev": self.prev, "random_flip": self.random_flip}
+        return {"init": {k: v.cpu() for k, v in self.init.items()}, "prev": {k: v.cpu() for k, v in self.prev.items()},
+                "random_flip": self.random_flip}
 
     def load_state_dict(self, state: dict) -> None:
-        self.init = dict(state.get("init", {}))
-        self.prev = dict(state.get("prev", {}))
+        devices = {name: m.weight.device for name, m in self.layers}
+        self.init = {k: v.to(devices.get(k, v.device)) for k, v in state.get("init", {}).items()}
+        self.prev = {k: v.to(devices.get(k, v.device)) for k, v in state.get("prev", {}).items()}
         self.random_flip = dict(state.get("random_flip", {}))

@@ -77,6 +77,11 @@ def barrier() -> None:
 
 
 def broadcast_(t: torch.Tensor, src: int = 0) -> None:
+    """``t`` of rank ``src`` on every rank, in place. ``t`` must be contiguous on every backend, also in a
+    single process: NCCL refuses anything else, and gloo (the CPU tests' backend) would not say so."""
+    if not t.is_contiguous():
+        raise ValueError(f"broadcast_: tensor of shape {tuple(t.shape)} and strides {t.stride()} is not "
+                         "contiguous (NCCL refuses it)")
     if is_distributed():
         dist.broadcast(t, src)
 
