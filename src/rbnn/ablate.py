@@ -17,7 +17,7 @@ import yaml
 
 from .config import Config, _apply, apply_overrides, validate
 from .errors import ConfigError
-from .train.checkpoint import atomic_write_text
+from .atomic import atomic_write_text
 
 DEFAULT_METHODS = ["fp", "xnor", "irnet", "rbnn-B", "rbnn-BR", "rbnn-BT", "rbnn-BTR", "rbnn"]
 

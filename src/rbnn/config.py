@@ -7,6 +7,7 @@ sets its ``name``: ``method=xnor`` is ``method.name=xnor``, ``data=cifar10`` is 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -248,11 +249,41 @@ def validate(cfg: Config) -> Config:
         bad("model_init", f"expected reference or pytorch, got {cfg.model_init!r}")
     if cfg.nproc < 1:
         bad("nproc", f"must be >= 1, got {cfg.nproc}")
+    _validate_run_keys(cfg, bad)
     if not 0 <= cfg.distill.weight <= 1:
         bad("distill.weight", f"must be in [0, 1], got {cfg.distill.weight}")
     if cfg.distill.temperature <= 0:
         bad("distill.temperature", f"must be > 0, got {cfg.distill.temperature}")
     return cfg
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _validate_run_keys(cfg: Config, bad) -> None:
+    """Values torch itself would reject later, with a traceback, after the run directory exists."""
+    if not _DEVICE.fullmatch(cfg.device):
+        bad("device", f"expected auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+    if not 0 <= cfg.seed < 2**63:
+        bad("seed", f"must be in [0, 2**63), got {cfg.seed}")
+    if cfg.checkpoint_every < 1:
+        bad("checkpoint_every", f"must be >= 1 (epochs between checkpoints), got {cfg.checkpoint_every}")
+    if cfg.threads < 0:
+        bad("threads", f"must be >= 0 (0 = torch's default), got {cfg.threads}")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        bad("optim.betas", f"expected two numbers in [0, 1), got {cfg.optim.betas}")
+    if cfg.optim.momentum < 0:
+        bad("optim.momentum", f"must be >= 0, got {cfg.optim.momentum}")
+    if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum <= 0):
+        bad("optim.nesterov", "needs optim.name=sgd with optim.momentum > 0")
+    if cfg.schedule.min_lr < 0:
+        bad("schedule.min_lr", f"must be >= 0, got {cfg.schedule.min_lr}")
+    if cfg.schedule.gamma <= 0:
+        bad("schedule.gamma", f"must be > 0, got {cfg.schedule.gamma}")
+    if cfg.data.workers < 0:
+        bad("data.workers", f"must be >= 0, got {cfg.data.workers}")
+    if cfg.data.image_size < 0:
+        bad("data.image_size", f"must be >= 0 (0 = the dataset's native size), got {cfg.data.image_size}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -263,7 +294,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

@@ -27,7 +27,7 @@ MARKER = ".rbnn-run"
 RUN_FILES = frozenset({
     MARKER, "config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json", "model.rbnn", "tb",
     "index.html", "curves.png", "flip_rate.png", "angle_qerr.png", "alpha.png", "histograms.png",
-    "surrogates.png", "oscillation.png",
+    "surrogates.png", "oscillation.png", "report",
 })
 
 
@@ -66,15 +66,27 @@ def _protected(run_dir: Path, data_roots: Iterable[str | Path]) -> str | None:
     return None
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, data_roots: Iterable[str | Path] = ()) -> None:
-    """Raise unless this run may use ``run_dir`` as asked; changes nothing on disk."""
+def _check_writable(run_dir: Path) -> None:
+    """The directory can be created (or exists) and written to, and its name fits the file system."""
+    for part in run_dir.parts:
+        if len(os.fsencode(part)) > 255:
+            raise RunDirError(f"run directory {str(run_dir)[:60]}...: a path component is longer than 255 bytes")
+    if len(os.fsencode(run_dir.absolute())) > 4000:
+        raise RunDirError(f"run directory {str(run_dir)[:60]}...: the path is longer than 4000 bytes")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} exists and is not a directory")
-    for parent in run_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise RunDirError(f"run directory {run_dir}: {parent} is a file, not a directory")
-            break
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"run directory {run_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"run directory {run_dir}: {existing} is not writable")
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, data_roots: Iterable[str | Path] = ()) -> None:
+    """Raise unless this run may use ``run_dir`` as asked; changes nothing on disk."""
+    _check_writable(run_dir)
     if resume:
         if not (run_dir / "last.pt").is_file():
             raise RunDirError(f"cannot resume: {run_dir / 'last.pt'} not found")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import RbnnError
 from .packing import n_words
 
@@ -108,11 +109,7 @@ def save(graph: PackedGraph, path: str | os.PathLike) -> int:
     for n in graph.nodes:
         for k, v in n.arrays.items():
             entries[f"{n.name}:{k}"] = np.ascontiguousarray(v)
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **entries)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **entries))
     return os.path.getsize(path)
 
 

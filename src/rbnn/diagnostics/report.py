@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..errors import RbnnError  # noqa: E402
-from ..train.checkpoint import atomic_write_text  # noqa: E402
+from ..atomic import atomic_write_text  # noqa: E402
 from ..train.logging import read_metrics  # noqa: E402
 
 

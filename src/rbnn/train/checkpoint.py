@@ -2,53 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
+from ..atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from ..errors import CheckpointError
 
-
-def _mkstemp(path: Path) -> tuple[int, str]:
-    """A temp file beside ``path`` with ordinary permissions (mkstemp's default is owner-only 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
-
-
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync, then rename over ``path`` (never half-written)."""
-    path = Path(path)
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_resume_state", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -75,4 +43,46 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} could not be read ({first[:200]})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"checkpoint {path} is not an rbnn checkpoint (expected keys 'model' and 'config')")
+    for key, expected in (("model", (dict,)), ("config", (dict,)), ("dataset", (dict,))):
+        if key in state and not isinstance(state[key], expected):
+            raise _type_error(path, key, state[key], expected)
     return state
+
+
+# what ``--resume`` reads from last.pt, with the types it needs
+_RESUME_SCHEMA: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "optimizer": (dict,), "config": (dict,), "epoch": (int,), "best_acc": (int, float),
+    "best_epoch": (int,), "metrics": (list,), "callbacks": (list,), "rng": (torch.Tensor,),
+}
+
+
+def _type_error(path: Path, key: str, value: Any, expected: tuple[type, ...]) -> CheckpointError:
+    names = " or ".join(t.__name__ for t in expected)
+    return CheckpointError(f"checkpoint {path}: key '{key}' is {type(value).__name__}, expected {names}")
+
+
+def check_resume_state(state: dict[str, Any], path: str | Path) -> None:
+    """Every key ``--resume`` reads has the right type (a malformed checkpoint is one line, not a traceback)."""
+    path = Path(path)
+    for key, expected in _RESUME_SCHEMA.items():
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path}: key '{key}' is missing; it cannot be resumed")
+        value = state[key]
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise _type_error(path, key, value, expected)
+    if state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1:
+        raise CheckpointError(f"checkpoint {path}: key 'rng' is a {state['rng'].dtype} tensor of shape "
+                              f"{tuple(state['rng'].shape)}, expected a 1-d uint8 RNG state")
+    bad = next((k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path}: model entry '{bad}' is not a tensor")
+    if state["epoch"] < 0:
+        raise CheckpointError(f"checkpoint {path}: key 'epoch' is {state['epoch']}, expected >= 0")
+    in_epoch = state.get("in_epoch")
+    if in_epoch is not None:
+        ok = (isinstance(in_epoch, dict) and isinstance(in_epoch.get("batches_done"), int)
+              and isinstance(in_epoch.get("sums"), list | tuple) and len(in_epoch["sums"]) == 4
+              and isinstance(in_epoch.get("seconds"), int | float))
+        if not ok:
+            raise CheckpointError(f"checkpoint {path}: key 'in_epoch' is malformed (expected batches_done, "
+                                  "four sums and seconds)")

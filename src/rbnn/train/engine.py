@@ -25,14 +25,14 @@ from torch import nn
 
 from .. import __version__
 from ..config import Config, dump_yaml, from_dict, to_dict
-from ..errors import CheckpointError, ConfigError, RbnnError
+from ..errors import CheckpointError, ConfigError, DataError, RbnnError
 from ..nn.layers import binary_modules
 from . import distributed as dist_utils
 from .callbacks import Callback, ModuleHooks, RotationUpdate, SurrogateSchedule, WeightDiagnostics
 from ..data.idx import FASHION_MNIST_ROOT
 from ..rundir import RunDirError, check_run_dir, create_run_dir, remove_if_no_result
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from .logging import MetricsLog, progress
+from .checkpoint import atomic_write_text, check_resume_state, load_checkpoint, save_checkpoint
+from .logging import MetricsLog, check_tensorboard, progress
 from .optim import build_optimizer, lr_factor, set_lr
 
 log = logging.getLogger("rbnn")
@@ -91,7 +91,12 @@ def load_run_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path}: stored config is invalid ({e})") from None
     ds = state.get("dataset", {})
-    model = build_model(cfg, ds.get("num_classes", 10), tuple(ds.get("input_size", (1, 28, 28))))
+    num_classes, input_size = ds.get("num_classes", 10), ds.get("input_size", [1, 28, 28])
+    if not (isinstance(num_classes, int) and num_classes > 0 and isinstance(input_size, list | tuple)
+            and len(input_size) in (1, 3) and all(isinstance(v, int) and v > 0 for v in input_size)):
+        raise CheckpointError(f"checkpoint {path}: key 'dataset' holds num_classes={num_classes!r}, "
+                              f"input_size={input_size!r}; expected a positive int and 1 or 3 positive ints")
+    model = build_model(cfg, num_classes, tuple(input_size))
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as e:
@@ -155,20 +160,6 @@ def data_roots(cfg: Config) -> list[Path]:
     if cfg.data.root:
         return [Path(cfg.data.root)]
     return [Path(FASHION_MNIST_ROOT)] if cfg.data.name == "fashion-mnist" else []
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (the checkpoint's own bytes are fsynced before the rename)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _reenter_epoch(cb: Callback, epoch: int, total_epochs: int) -> None:
@@ -263,9 +254,15 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
     check_run_dir(run_dir, resume, overwrite, data_roots(cfg))
     if cfg.batch_size % world:
         raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is not divisible by {world} processes")
+    if cfg.tensorboard and main:
+        check_tensorboard()
 
     train_loader, test_loader, info = build_loaders(cfg.data, cfg.batch_size, cfg.eval_batch_size, cfg.seed,
                                                     rank=rank, world_size=world)
+    if len(train_loader) == 0 or info.test_size == 0:
+        raise DataError(f"data {info.name}: {info.train_size} training and {info.test_size} test images; need "
+                        f"at least one test image and one batch of {cfg.batch_size} (lower batch_size or raise "
+                        "data.subset)")
     torch.manual_seed(cfg.seed)  # identical model init on every rank (DDP also broadcasts rank 0's at wrap)
     model = build_model(cfg, info.num_classes, tuple(info.input_size)).to(device)
     if cfg.channels_last:
@@ -286,27 +283,8 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
     start_epoch, best_acc, best_epoch, rows, train_seconds = 0, -1.0, -1, [], 0.0
     in_epoch: dict[str, Any] | None = None  # position inside an epoch, from a SIGTERM checkpoint
     if resume:
-        ckpt = run_dir / "last.pt"
-        state = load_checkpoint(ckpt, map_location=device)
-        if state.get("model_name") != cfg.model or state.get("method") != cfg.method.name:
-            raise CheckpointError(f"{ckpt} is from model '{state.get('model_name')}' method "
-                                  f"'{state.get('method')}', not '{cfg.model}' '{cfg.method.name}'")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            for cb, cb_state in zip(callbacks, state.get("callbacks", [])):
-                cb.load_state_dict(cb_state)
-            start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
-            rows, train_seconds = state.get("metrics", []), state.get("train_seconds", 0.0)
-            torch.set_rng_state(state["rng"].cpu())
-            if device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{ckpt} does not match model '{cfg.model}' with method "
-                                  f"'{cfg.method.name}' and this config: {_one_line(e)}") from None
-        in_epoch = state.get("in_epoch")
-        if start_epoch >= cfg.epochs and in_epoch is None:
-            log.info("%s already holds all %d epochs", ckpt, cfg.epochs)
+        r = _load_resume(run_dir / "last.pt", cfg, device, model, optimizer, callbacks)
+        start_epoch, best_acc, best_epoch, rows, train_seconds, in_epoch = r
     dist_utils.barrier()  # every rank has checked the run directory before rank 0 changes it
     if main:
         create_run_dir(run_dir, resume, overwrite)
@@ -317,8 +295,6 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
         cb.on_train_start(model)
 
     steps = len(train_loader)
-    if steps == 0:
-        raise ConfigError("the training set is smaller than one batch; lower batch_size or raise data.subset")
 
     def checkpoint(epoch_done: int, name: str = "last.pt", in_epoch: dict[str, Any] | None = None) -> None:
         """``in_epoch`` (SIGTERM mid-epoch): batches done in epoch ``epoch_done`` and the partial sums."""
@@ -337,7 +313,6 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
         if in_epoch is not None:
             state["in_epoch"] = in_epoch
         save_checkpoint(state, run_dir / name)
-        _fsync_dir(run_dir)
 
     def agree(*flags: bool) -> list[bool]:
         """The same decision on every rank (any rank's True wins); free in a single process."""
@@ -434,16 +409,15 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
                 row["aux_loss"] = aux_sum / seen
             for cb in callbacks:
                 row.update(cb.on_epoch_end(epoch))
-            if main:
-                metrics.append(row)
-            else:  # same rows in memory on every rank (all values are all-reduced), written by rank 0 only
-                metrics.rows.append(row)
+            metrics.rows.append(row)  # same rows on every rank (all values are all-reduced)
             if ev["acc"] > best_acc:
                 best_acc, best_epoch = ev["acc"], epoch + 1
                 checkpoint(epoch + 1, "best.pt")
             saved = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
             if saved:
                 checkpoint(epoch + 1)
+            if main:  # after the checkpoint: metrics.csv is never ahead of last.pt
+                metrics.flush()
             if epoch + 1 < end_epoch and agree(stop.signal is not None)[0]:  # signal during eval
                 if not saved:
                     checkpoint(epoch + 1)
@@ -472,6 +446,70 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
     if main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+# keys that may differ between a run and its resumption: where it runs and what it prints, not what it computes
+RESUME_MAY_DIFFER = ("out", "threads", "progress", "device", "deterministic", "tensorboard", "export",
+                     "checkpoint_every", "nproc", "init_from", "eval_batch_size", "data.root", "data.workers")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: Config, now: Config) -> list[str]:
+    """The config keys whose values differ and would change what a resumed run computes."""
+    a, b = _flat(to_dict(saved)), _flat(to_dict(now))
+    return [k for k in b if k not in RESUME_MAY_DIFFER and a.get(k) != b[k]]
+
+
+def _load_resume(ckpt: Path, cfg: Config, device: torch.device, model: nn.Module, optimizer, callbacks):
+    """Restore model, optimizer, callbacks and RNG from ``ckpt``; refuse a checkpoint this config cannot
+    continue exactly (another model, method or training key; a finished run; non-finite weights)."""
+    state = load_checkpoint(ckpt, map_location=device)
+    check_resume_state(state, ckpt)
+    if state.get("model_name") != cfg.model or state.get("method") != cfg.method.name:
+        raise CheckpointError(f"{ckpt} is from model '{state.get('model_name')}' method "
+                              f"'{state.get('method')}', not '{cfg.model}' '{cfg.method.name}'")
+    try:
+        saved = from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt}: its stored config is invalid ({e})") from None
+    differ = config_differences(saved, cfg)
+    if differ:
+        shown = ", ".join(f"{k} ({_flat(to_dict(saved)).get(k)!r} -> {_flat(to_dict(cfg))[k]!r})" for k in differ[:4])
+        raise CheckpointError(f"cannot resume {ckpt}: the config differs in {shown}"
+                              f"{' ...' if len(differ) > 4 else ''}; resume with the run's own config "
+                              f"({ckpt.parent / 'config.yaml'}) or start a new run")
+    in_epoch = state.get("in_epoch")
+    if state["epoch"] >= cfg.epochs and in_epoch is None:
+        raise CheckpointError(f"cannot resume {ckpt.parent}: the run is finished ({state['epoch']}/{cfg.epochs} "
+                              f"epochs); evaluate it with `rbnn eval {ckpt.parent}` or train again with "
+                              "--overwrite")
+    bad = next((k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()),
+               None)
+    if bad is not None:
+        raise TrainingDiverged(f"cannot resume {ckpt}: the loss became nan before it was written (weight '{bad}' "
+                               "is not finite); start a new run with a lower optim.lr")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for cb, cb_state in zip(callbacks, state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        torch.set_rng_state(state["rng"].cpu())
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt} does not match model '{cfg.model}' with method "
+                              f"'{cfg.method.name}' and this config: {_one_line(e)}") from None
+    return (state["epoch"], float(state["best_acc"]), state["best_epoch"], state["metrics"],
+            float(state.get("train_seconds", 0.0)), in_epoch)
 
 
 def _init_from(model: nn.Module, path: str) -> dict[str, list[str]]:
