@@ -45,13 +45,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
+def check_file_target(path: str | os.PathLike) -> Path:
+    """``path`` can be written as a file: it is not a directory and its directory exists."""
     path = Path(path)
     if path.is_dir():
-        raise WriteError(f"cannot write {path}: it is a directory")
+        raise WriteError(f"cannot write {path}: it is a directory (give a file name)")
     if not path.parent.is_dir():
         raise WriteError(f"cannot write {path}: directory {path.parent} does not exist")
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
+    path = check_file_target(path)
     tmp = None
     try:
         fd, tmp = _mkstemp(path)

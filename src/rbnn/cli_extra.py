@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .atomic import check_file_target
+from .errors import ConfigError
+
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .diagnostics.report import write_report
@@ -16,7 +19,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import load_ablation, run_ablation
-    from .errors import ConfigError
 
     cfg, methods, seeds = load_ablation(args.config, args.overrides)
     seeds = args.seeds if args.seeds is not None else (seeds or 1)
@@ -59,10 +61,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .deploy import export, export_onnx
     from .train import load_run_model
 
+    out = Path(args.output or (Path(args.run) / ("model.onnx" if args.format == "onnx" else "model.rbnn")))
+    if args.output:
+        check_file_target(out)  # before the model is built
     model, cfg, state = load_run_model(args.run)
     model.eval()
     shape = tuple(state.get("dataset", {}).get("input_size", (1, 28, 28)))
-    out = Path(args.output or (Path(args.run) / ("model.onnx" if args.format == "onnx" else "model.rbnn")))
+    check_file_target(out)
     if args.format == "onnx":
         export_onnx(model, out, shape)
     else:
@@ -77,6 +82,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from .deploy import load
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit < 0:
+        raise ConfigError(f"--limit must be >= 0 (0 = all test images), got {args.limit}")
     packed = load(args.model, backend=args.backend)
     x, y, info = _test_arrays(args.data, args.data_root, limit=args.limit)
     t0 = time.perf_counter()
@@ -94,6 +103,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .deploy import export, load, verify
     from .train import load_run_model
 
+    if args.images < 1:
+        raise ConfigError(f"--images must be >= 1, got {args.images}")
     model, cfg, state = load_run_model(args.run)
     model.eval()
     run = Path(args.run)

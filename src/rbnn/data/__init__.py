@@ -169,6 +169,8 @@ def load_arrays(cfg: DataConfig):
         classes = tuple(f"class{i}" for i in range(num_classes))
         return xtr_t, ytr_t, xte_t, yte_t, num_classes, mean, std, classes, "synthetic data"
 
+    if len(ytr) == 0 or len(yte) == 0:
+        raise DataError(f"{where}: {len(ytr)} training and {len(yte)} test images; each split needs at least one")
     ntr = _subset(len(ytr), cfg.subset, "subset", where)
     nte = _subset(len(yte), cfg.test_subset, "test_subset", where)
     xtr_t = _resize(torch.from_numpy(np.ascontiguousarray(xtr[:ntr])), cfg.image_size)

@@ -628,6 +628,11 @@ def export(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int,
     attribute or (in_channels of the first conv, 32, 32). Returns ``{"path", "bytes", "binary_layers",
     "float_layers", "nodes", "float32_state_dict_bytes"}``.
     """
+    bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()),
+               None)
+    if bad is not None:
+        raise ExportError(f"cannot export to {os.fspath(path)}: tensor '{bad}' holds NaN or inf (a diverged run); "
+                          "export a checkpoint with finite weights")
     graph = build_graph(model, input_shape)
     size = fmt.save(graph, path)
     sd_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import CheckpointError
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "check_resume_state", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """torch.save to a temp file in the same directory, fsync, then rename over ``path``.
+
+    The state is serialized in memory first: torch's zip writer reports a full disk as a RuntimeError
+    ("unexpected pos"), while a plain write reports it as ENOSPC, which becomes one clear line."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
