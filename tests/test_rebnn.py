@@ -265,7 +265,7 @@ def test_state_dict_keys_and_exact_resume():
 
 
 def test_stage1_to_stage2_init_from_reports_new_keys(tmp_path):
-    from rbnn.train.checkpoint import save_checkpoint
+    from rbnn.checkpoint import save_checkpoint
     from rbnn.train.engine import _init_from
 
     s1 = _tiny_model("rebnn-stage1", seed=1)

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from .atomic import atomic_write_text
 from .config import Config, _apply, apply_overrides, validate
 from .errors import ConfigError
-from .atomic import atomic_write_text
 
 DEFAULT_METHODS = ["fp", "xnor", "irnet", "rbnn-B", "rbnn-BR", "rbnn-BT", "rbnn-BTR", "rbnn"]
 

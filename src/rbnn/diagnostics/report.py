@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ..errors import RbnnError  # noqa: E402
 from ..atomic import atomic_write_text  # noqa: E402
-from ..train.logging import read_metrics  # noqa: E402
+from ..errors import RbnnError  # noqa: E402
+from ..run import load_run_model, read_metrics  # noqa: E402
 
 
 def _layer_columns(rows: list[dict], metric: str) -> dict[str, list[float]]:
@@ -138,8 +138,6 @@ def plot_oscillation(rows, out: Path) -> Path | None:
 
 def plot_histograms(run_dir: Path, out: Path, max_layers: int = 4) -> Path | None:
     from ..nn.layers import binary_modules
-    from ..train.engine import load_run_model
-
     try:
         model, _, _ = load_run_model(run_dir)
     except RbnnError:

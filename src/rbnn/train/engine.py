@@ -24,14 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from ..atomic import atomic_write_text
+from ..checkpoint import check_resume_state, load_checkpoint, save_checkpoint
 from ..config import Config, dump_yaml, from_dict, to_dict
+from ..data.idx import FASHION_MNIST_ROOT
 from ..errors import CheckpointError, ConfigError, DataError, RbnnError
 from ..nn.layers import binary_modules
+from ..run import build_model, load_run_model, one_line
+from ..rundir import RunDirError, check_run_dir, create_run_dir, remove_if_no_result
 from . import distributed as dist_utils
 from .callbacks import Callback, ModuleHooks, RotationUpdate, SurrogateSchedule, WeightDiagnostics
-from ..data.idx import FASHION_MNIST_ROOT
-from ..rundir import RunDirError, check_run_dir, create_run_dir, remove_if_no_result
-from .checkpoint import atomic_write_text, check_resume_state, load_checkpoint, save_checkpoint
 from .logging import MetricsLog, check_tensorboard, progress
 from .optim import build_optimizer, lr_factor, set_lr
 
@@ -67,51 +69,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {name!r} requested but CUDA is not available")
     return torch.device(name)
-
-
-def build_model(cfg: Config, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
-    """The model of ``cfg`` for a dataset with ``num_classes`` classes and ``input_size`` (C, H, W) inputs."""
-    from .. import models
-
-    try:
-        return models.create(cfg.model, method=cfg.method.name, num_classes=num_classes,
-                             in_channels=input_size[0], init=cfg.model_init, input_size=input_size,
-                             skip=cfg.method.skip, **cfg.method.recipe_overrides())
-    except KeyError as e:
-        raise ConfigError(str(e).strip("'\"")) from None
-    except ValueError as e:
-        raise ConfigError(f"model '{cfg.model}' with method '{cfg.method.name}': {e}") from None
-
-
-def load_run_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, dict]:
-    """Rebuild the model of a checkpoint (or run dir) and load its weights strictly."""
-    state = load_checkpoint(path, map_location="cpu")
-    try:
-        cfg = from_dict(state["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path}: stored config is invalid ({e})") from None
-    ds = state.get("dataset", {})
-    num_classes, input_size = ds.get("num_classes", 10), ds.get("input_size", [1, 28, 28])
-    if not (isinstance(num_classes, int) and num_classes > 0 and isinstance(input_size, list | tuple)
-            and len(input_size) in (1, 3) and all(isinstance(v, int) and v > 0 for v in input_size)):
-        raise CheckpointError(f"checkpoint {path}: key 'dataset' holds num_classes={num_classes!r}, "
-                              f"input_size={input_size!r}; expected a positive int and 1 or 3 positive ints")
-    model = build_model(cfg, num_classes, tuple(input_size))
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match model '{cfg.model}' with method "
-                              f"'{cfg.method.name}': {_one_line(e)}") from None
-    return model.to(device), cfg, state
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """An exception as one line: load_state_dict's multi-line report becomes 'Missing key(s) ...; ...'."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
-        lines = lines[1:]
-    text = "; ".join(lines) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @torch.no_grad()
@@ -507,7 +464,7 @@ def _load_resume(ckpt: Path, cfg: Config, device: torch.device, model: nn.Module
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{ckpt} does not match model '{cfg.model}' with method "
-                              f"'{cfg.method.name}' and this config: {_one_line(e)}") from None
+                              f"'{cfg.method.name}' and this config: {one_line(e)}") from None
     return (state["epoch"], float(state["best_acc"]), state["best_epoch"], state["metrics"],
             float(state.get("train_seconds", 0.0)), in_epoch)
 

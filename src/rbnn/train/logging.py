@@ -73,18 +73,3 @@ def check_tensorboard() -> None:
 def progress(iterable, total: int, desc: str, enabled: bool | None):
     show = sys.stderr.isatty() if enabled is None else enabled
     return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def _num(v: str):
-    if v is None or v == "":
-        return None
-    try:
-        f = float(v)
-    except ValueError:
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_text
-from ..errors import CheckpointError
+from .atomic import atomic_write_bytes, atomic_write_text
+from .errors import CheckpointError
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "check_resume_state", "load_checkpoint", "save_checkpoint"]
 
