@@ -13,11 +13,10 @@ from test_deploy_helpers import rand_input, randomize
 from torch import nn
 
 import rbnn.deploy as deploy
+from rbnn import models
 from rbnn.deploy import PackedFormatError
 from rbnn.methods import prepare
-
-models = pytest.importorskip("rbnn.models")
-from rbnn.models.reactnet import RPReLU  # noqa: E402 - after the skip guard
+from rbnn.models.reactnet import RPReLU
 
 BACKENDS = ("reference", "fast")
 METHODS = ["rebnn", "rebnn-released", "learned-scale", "xnor", "rbnn", "irnet", "bireal"]

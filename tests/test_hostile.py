@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from rbnn import deploy
 from rbnn.cli import main
 from rbnn.config import load_config
 from rbnn.errors import RbnnError
@@ -215,9 +216,6 @@ def test_checkpoint_with_pickled_code_is_refused(capsys, tmp_path):
 
 
 def test_tampered_or_truncated_rbnn_file(tmp_path):
-    deploy = pytest.importorskip("rbnn.deploy", reason="rbnn.deploy not available yet")
-    if not hasattr(deploy, "load") or not hasattr(deploy, "export"):
-        pytest.skip("rbnn.deploy.load/export not written yet")
     cfg = load_config(None, [*SYN, "method=xnor"])
     model = engine.build_model(cfg, 10, (1, 28, 28)).eval()
     good = tmp_path / "m.rbnn"
