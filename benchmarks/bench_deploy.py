@@ -1,11 +1,14 @@
-"""Benchmark the packed 1-bit engine against torch fp32 and onnxruntime fp32 (ratios from one run).
+"""Benchmark the packed 1-bit engine against onnxruntime int8 and fp32 and torch fp32 (ratios from one run).
 
     python benchmarks/bench_deploy.py [--quick] [--threads 2] [--repeats 7]
 
 Everything compared runs in this process with the same thread count, after warm-up; each number is the
-median of ``--repeats`` timed runs, and the baseline is timed interleaved with the thing compared.
-Prints: kernel (binary conv vs torch fp32 conv2d at ResNet-18 CIFAR layer shapes), end to end at batch 128
-and batch 1 (packed vs onnxruntime fp32 of the same float network vs torch eager fp32), and sizes.
+median of ``--repeats`` timed runs, and the baselines are timed interleaved with the thing compared.
+Prints: the CPU model and flags; kernel (binary conv vs torch fp32 conv2d at ResNet-18 CIFAR layer shapes);
+end to end at batch 128 and batch 1 for resnet18_cifar (rbnn), resnet20 (xnor) and resnet20_bireal (rbnn):
+packed vs onnxruntime int8 (static QDQ, per-channel, U8 activations / S8 weights, reduce_range, MinMax
+calibrated on 64 real Fashion-MNIST test images padded to 32x32 and repeated to 3 channels) vs onnxruntime
+fp32 of the same float network vs torch eager fp32; and sizes.
 """
 
 from __future__ import annotations
@@ -54,6 +57,57 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_flags() -> str:
+    """The SIMD flags that matter for these kernels (popcount, AVX2/FMA, AVX-512 and VNNI for int8)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                keep = ("popcnt", "avx2", "fma", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx_vnni")
+                return " ".join(f for f in keep if f in have) or "none of " + ", ".join(keep)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def calibration_images(n: int = 64):
+    """``n`` real Fashion-MNIST test images as the 3x32x32 float input the CIFAR models take (normalized)."""
+    import numpy as np
+
+    from rbnn.data.idx import FASHION_MNIST_ROOT, load_idx_split
+
+    x, _, _, _ = load_idx_split(FASHION_MNIST_ROOT, "test")
+    x = x[:n].reshape(n, 1, 28, 28).astype(np.float32) / 255.0
+    x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    x = (x - 0.2860) / 0.3530
+    return np.ascontiguousarray(np.repeat(x, 3, axis=1))
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calib) -> None:
+    """onnxruntime static int8: QDQ, per-channel weights (S8), U8 activations, reduce_range, MinMax."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": calib[i : i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = int8_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre))
+    quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
 
 
 def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
@@ -114,9 +168,19 @@ def _randomize(m):
     return m.eval()
 
 
-def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: Path, rng) -> None:
+def _export_fp32(fpm, path: Path) -> None:
     import warnings
 
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(fpm, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}},
+                          opset_version=17, dynamo=False)
+
+
+def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: Path, rng, calib) -> dict:
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -128,23 +192,15 @@ def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: P
     fpm = _randomize(create(name, method="fp"))
     info = deploy.export(binm, tmp / f"{name}.rbnn", input_shape=(3, 32, 32))
     packed = deploy.load(tmp / f"{name}.rbnn", backend="fast")
-    onnx_path = tmp / f"{name}_fp32.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            fpm,
-            (torch.zeros(1, 3, 32, 32),),
-            str(onnx_path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    fp32_path, int8_path = tmp / f"{name}_fp32.onnx", tmp / f"{name}_int8.onnx"
+    _export_fp32(fpm, fp32_path)
+    quantize_int8(fp32_path, int8_path, calib)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(fp32_path), so, providers=["CPUExecutionProvider"])
+    sess8 = ort.InferenceSession(str(int8_path), so, providers=["CPUExecutionProvider"])
+    results = {}
     for batch in batches:
         x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
         xt = torch.from_numpy(x)
@@ -152,6 +208,7 @@ def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: P
             t = interleaved(
                 {
                     "packed": lambda x=x: packed.predict(x),
+                    "onnxruntime int8": lambda x=x: sess8.run(None, {"input": x}),
                     "onnxruntime fp32": lambda x=x: sess.run(None, {"input": x}),
                     "torch eager fp32": lambda xt=xt: fpm(xt),
                 },
@@ -160,18 +217,32 @@ def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: P
         ips = ", ".join(f"{k} {batch / v:7.0f} img/s" for k, v in t.items())
         print(f"\n[end to end] {name} ({method}), batch {batch}: {ips}")
         print(
-            f"  packed vs onnxruntime fp32: {t['onnxruntime fp32'] / t['packed']:.2f}x; "
+            f"  packed vs onnxruntime int8: {t['onnxruntime int8'] / t['packed']:.2f}x; "
+            f"vs onnxruntime fp32: {t['onnxruntime fp32'] / t['packed']:.2f}x; "
             f"vs torch eager fp32: {t['torch eager fp32'] / t['packed']:.2f}x; "
-            f"packed latency {t['packed'] * 1e3:.2f} ms"
+            f"latency packed {t['packed'] * 1e3:.2f} ms, int8 {t['onnxruntime int8'] * 1e3:.2f} ms"
         )
+        results[batch] = t
+        split = getattr(packed, "profile", None)
+        if callable(split):
+            print_split(split(x, repeats=max(3, reps)), batch)
     total = deploy.size_report(tmp / f"{name}.rbnn")[-1]
     sd = info["float32_state_dict_bytes"]
     print(
         f"[size] {name}: file {total['file_bytes'] / 1e6:.3f} MB vs fp32 state_dict {sd / 1e6:.2f} MB "
-        f"({sd / total['file_bytes']:.1f}x smaller); binary conv weights {total['binary_weight_ratio']:.1f}x "
-        f"smaller than float32 ({total['binary_weight_packed_bytes'] / 1e3:.1f} KB packed vs "
-        f"{4 * total['binary_params'] / 1e6:.2f} MB)"
+        f"({sd / total['file_bytes']:.1f}x smaller), int8 onnx {int8_path.stat().st_size / 1e6:.2f} MB; binary "
+        f"conv weights {total['binary_weight_ratio']:.1f}x smaller than float32 "
+        f"({total['binary_weight_packed_bytes'] / 1e3:.1f} KB packed vs {4 * total['binary_params'] / 1e6:.2f} MB)"
     )
+    return results
+
+
+def print_split(seconds_by_kind: dict[str, float], batch: int) -> None:
+    """The packed engine's time per kind of op (median run), largest first."""
+    total = sum(seconds_by_kind.values())
+    parts = ", ".join(f"{k} {v * 1e3:.2f} ms ({100 * v / total:.0f}%)"
+                      for k, v in sorted(seconds_by_kind.items(), key=lambda kv: -kv[1]))
+    print(f"  packed time split at batch {batch} ({total * 1e3:.2f} ms): {parts}")
 
 
 def main() -> None:
@@ -191,8 +262,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     reps = 2 if args.quick else args.repeats
+    print(f"CPU: {cpu_name()}; flags: {cpu_flags()}; {os.cpu_count()} logical CPUs")
     print(
-        f"CPU: {cpu_name()}; threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}, "
+        f"threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}, "
         f"onnxruntime {args.threads}; torch {torch.__version__}, numpy {np.__version__}, "
         f"numba {numba.__version__}; load average {os.getloadavg()[0]:.1f}"
     )
@@ -202,8 +274,9 @@ def main() -> None:
     for c, hw in [(64, 32), (128, 16), (256, 8), (512, 4)] if not args.quick else [(64, 32), (256, 8)]:
         bench_kernel(c, hw, 16, reps, rng)
     tmp = Path(tempfile.mkdtemp())
-    for name in ("resnet18_cifar", "resnet20_bireal"):
-        bench_model(name, "rbnn", (args.batch, 1), reps, args.threads, tmp, rng)
+    calib = calibration_images(64)
+    for name, method in (("resnet18_cifar", "rbnn"), ("resnet20", "xnor"), ("resnet20_bireal", "rbnn")):
+        bench_model(name, method, (args.batch, 1), reps, args.threads, tmp, rng, calib)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
