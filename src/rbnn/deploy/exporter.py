@@ -241,10 +241,6 @@ def _prelu_node(name: str, qual: str, m: nn.Module, channels: int, inputs: list[
     )
 
 
-def _is_fn(target, *names: str) -> bool:
-    return getattr(target, "__name__", None) in names
-
-
 def _pool_args(k, s, p, d=1, ceil_mode: bool = False, count_include_pad: bool = True) -> dict:
     k = _pair(k)
     args = {

@@ -1,5 +1,5 @@
 """Training diagnostics: angles, quantization error, flip rates, oscillation, plots."""
 
-from .weights import angle_degrees, cos_to_sign, flip_rate, quantization_error
+from .weights import cos_to_sign, flip_rate, quantization_error
 
-__all__ = ["angle_degrees", "cos_to_sign", "flip_rate", "quantization_error"]
+__all__ = ["cos_to_sign", "flip_rate", "quantization_error"]

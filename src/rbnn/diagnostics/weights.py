@@ -32,7 +32,3 @@ def quantization_error(w: torch.Tensor) -> torch.Tensor:
 def flip_rate(before: torch.Tensor, after: torch.Tensor) -> float:
     """Fraction of entries whose sign differs between two tensors of the same shape."""
     return float((_sign(before.detach()) != _sign(after.detach())).double().mean())
-
-
-def angle_degrees(cos: torch.Tensor) -> torch.Tensor:
-    return torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))

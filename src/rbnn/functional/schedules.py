@@ -17,8 +17,3 @@ def tk_schedule(epoch: int, total_epochs: int, t_min: float, t_max: float) -> tu
     """(t, k) with k = max(1/t, 1)."""
     t = log_linear_t(epoch, total_epochs, t_min, t_max)
     return t, max(1.0 / t, 1.0)
-
-
-def rbnn_activation_tk(t: float) -> tuple[float, float]:
-    """RBNN's activation rule (code, not paper): k_a = 1, t_a = max(t, 1)."""
-    return max(t, 1.0), 1.0

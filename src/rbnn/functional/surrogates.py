@@ -42,12 +42,6 @@ def rbnn_grad(x: torch.Tensor, t: float | torch.Tensor, k: float | torch.Tensor)
     return k * torch.clamp(SQRT2 * t - t * t * x.abs(), min=0.0)
 
 
-def approx_sign_forward(x: torch.Tensor) -> torch.Tensor:
-    """Bi-Real's piecewise-polynomial F(x) (for plots; training forwards always use the exact sign)."""
-    return torch.where(x < -1, -torch.ones_like(x),
-                       torch.where(x < 0, 2 * x + x * x, torch.where(x < 1, 2 * x - x * x, torch.ones_like(x))))
-
-
 def rbnn_forward(x: torch.Tensor, t: float, k: float) -> torch.Tensor:
     """RBNN's F(x) of paper Eq. 12 (for plots)."""
     inside = x.abs() < SQRT2 / t
