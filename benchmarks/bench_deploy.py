@@ -126,7 +126,7 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     wrow = fast.per_channel_weights(wblk, c)
     rw = (3 * c + 63) // 64
     out = np.empty((nb, hw, hw, c), np.float32)
-    one, zero = np.ones(c, np.float32), np.zeros(c, np.float32)
+    one, zero = np.ones(c, np.float64), np.zeros(c, np.float64)  # the epilogue's float64 out_mul, out_add
     dummy = np.zeros((1, 1, 1, 1), np.float32)
     xin = rng.standard_normal((nb, hw, hw, c)).astype(np.float32)
     zshift, zmean = np.zeros(c, np.float32), np.zeros(nb, np.float32)

@@ -15,6 +15,8 @@ from torch import nn
 import rbnn.deploy as deploy
 from rbnn import models
 from rbnn.deploy import PackedFormatError
+from rbnn.deploy import format as fmt
+from rbnn.deploy.reference import ReferenceOps
 from rbnn.methods import prepare
 from rbnn.models.reactnet import RPReLU
 
@@ -100,6 +102,73 @@ def test_reactnet_imagenet_shapes(name, size, tmp_path):
     x = rand_input(size, 2, seed=4)
     for b in BACKENDS:
         _check(m, deploy.load(p, backend=b), x)
+
+
+def _one_training_step(size, num_classes: int = 10) -> nn.Module:
+    """Issue 11's model: ReActNet-18 (ReBNN), seed 0, one training forward/backward (BatchNorm running
+    statistics moved once, RSign shifts and RPReLU biases still 0), then eval."""
+    torch.manual_seed(0)
+    m = models.create("reactnet18", method="rebnn", num_classes=num_classes, input_size=size)
+    m.train()
+    m(torch.randn(2, *size)).sum().backward()
+    return m.eval()
+
+
+def _pin_thresholds(graph, x: np.ndarray) -> int:
+    """Set each binary layer's RSign shift so that, in the reference engine, every channel of the layer's input
+    at one pixel of sample 0 lies exactly on the threshold (x + shift = 0). An engine whose floats upstream
+    differ from the reference's in the last bit then binarizes some of them the other way. Returns the count."""
+    ops, env, pinned = ReferenceOps(), {}, 0
+    for node in graph.nodes:
+        if node.op == "input":
+            env[node.name] = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            continue
+        args = [env[i] for i in node.inputs]
+        if node.op == "bconv" and node.attrs["act_transform"] == "shift":
+            v = args[0]
+            node.arrays["act_shift"] = -v[0, v.shape[1] // 2, v.shape[2] // 2].copy()
+            pinned += 1
+        env[node.name] = getattr(ops, node.op)(node, *args)
+    return pinned
+
+
+def _assert_engines_equal(path, x: np.ndarray) -> None:
+    """Both engines: equal integer pre-activations on every binary layer, logits equal bit for bit."""
+    engines = {b: deploy.load(path, backend=b) for b in BACKENDS}
+    lr, lf = (engines[b].layer_outputs(x) for b in BACKENDS)
+    assert lr.keys() == lf.keys() and len(lr) == 16
+    bad = {k: int((lr[k] != lf[k]).sum()) for k in lr if not np.array_equal(lr[k], lf[k])}
+    assert not bad, bad
+    np.testing.assert_array_equal(engines["fast"].predict(x), engines["reference"].predict(x))
+
+
+def test_reactnet18_engines_agree_on_thresholds_pinned(tmp_path):
+    # issue 11 on a 32x32 input: the float stem conv (and the bconv epilogue feeding the residual adds) must
+    # give the reference's float32 values bit for bit, or an activation on its threshold binarizes differently
+    size = (3, 32, 32)
+    m = _one_training_step(size)
+    p = tmp_path / "m.rbnn"
+    deploy.export(m, p, input_shape=size)
+    x = rand_input(size, 2, seed=1)
+    graph = fmt.read(p)
+    assert _pin_thresholds(graph, x) == 16
+    fmt.save(graph, tmp_path / "pinned.rbnn")
+    _assert_engines_equal(tmp_path / "pinned.rbnn", x)
+
+
+@pytest.mark.slow
+def test_reactnet18_224_one_training_step_engines_agree(tmp_path):
+    # issue 11 as reported: one activation of layer1.3's input sits within float32 rounding of its threshold
+    # (torch float64 -1.6e-8, torch float32 +1.5e-7); the fast engine's stem conv summed in another order than
+    # the reference's and flipped it (logits 0.079 apart). Both engines must now agree exactly.
+    size = (3, 224, 224)
+    m = _one_training_step(size)
+    p = tmp_path / "m.rbnn"
+    deploy.export(m, p, input_shape=size)
+    x = torch.randn(2, *size).numpy()
+    _assert_engines_equal(p, x)
+    rep = deploy.verify(m, p, x, backend="fast")
+    assert rep["int_exact"], {k: v for k, v in rep["layers"].items() if not v["equal"]}
 
 
 class _Pools(nn.Module):

@@ -75,7 +75,7 @@ def test_fast_matches_reference_exactly(method, n, c1, c2, tmp_path):
     assert lf.keys() == lr.keys()
     for k in lf:
         np.testing.assert_array_equal(lf[k], lr[k])
-    np.testing.assert_allclose(fast.predict(x), refm.predict(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(fast.predict(x), refm.predict(x))  # every float op equal bit for bit
     rep = deploy.verify(m, fast, x)
     assert rep["ok"], rep
 
@@ -175,14 +175,16 @@ def test_fast_large_batch_with_workqueue_layer(tmp_path):
 
 @pytest.mark.parametrize("k,s,p,d", [(3, 1, 1, 1), (5, 2, 3, 2), (1, 2, 0, 1), (7, 2, 3, 1)])
 def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
-    # the fast engine's float layers are its own numba kernels (no BLAS): same values as the reference to
-    # float32 rounding, for strides, paddings and dilations
+    # the fast engine's float layers are its own numba kernels (no BLAS), summed in the reference's order:
+    # the same float32 values bit for bit, for strides, paddings and dilations (a float that differed in its
+    # last bit could binarize differently in the next binary layer)
     from rbnn.deploy.fast import FastOps
     from rbnn.deploy.format import Node
     from rbnn.deploy.reference import ReferenceOps
 
     rng = np.random.default_rng(k + s)
-    w = rng.standard_normal((11, 3, k, k)).astype(np.float32)
+    c = 67 if k == 1 else 3  # a 1x1 conv: a downsample shortcut's width
+    w = rng.standard_normal((11, c, k, k)).astype(np.float32)
     conv = Node(
         "c",
         "conv",
@@ -190,8 +192,8 @@ def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
         {"padding": [p, p], "stride": [s, s], "dilation": [d, d]},
         {"weight": w, "bias": rng.standard_normal(11).astype(np.float32)},
     )
-    x = rng.standard_normal((2, 13, 10, 3)).astype(np.float32)
-    np.testing.assert_allclose(FastOps().conv(conv, x), ReferenceOps().conv(conv, x), rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal((2, 13, 10, c)).astype(np.float32)
+    np.testing.assert_array_equal(FastOps().conv(conv, x), ReferenceOps().conv(conv, x))
     lin = Node(
         "l",
         "linear",
@@ -200,7 +202,27 @@ def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
         {"weight": rng.standard_normal((9, 70)).astype(np.float32), "bias": rng.standard_normal(9).astype(np.float32)},
     )
     xf = rng.standard_normal((5, 70)).astype(np.float32)
-    np.testing.assert_allclose(FastOps().linear(lin, xf), ReferenceOps().linear(lin, xf), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(FastOps().linear(lin, xf), ReferenceOps().linear(lin, xf))
+
+
+@pytest.mark.parametrize("method", ["xnor", "rbnn"])
+def test_fast_binary_epilogue_equals_reference_bit_for_bit(method, tmp_path):
+    # dot·out_mul + out_add: the reference computes it in float64 and rounds once; the fast kernel's fused
+    # epilogue (with the residual add and Hardtanh after it) must give the same float32, not one rounded twice
+    from rbnn.deploy.fast import FastOps
+    from rbnn.deploy.reference import ReferenceOps
+
+    p = tmp_path / "m.rbnn"
+    deploy.export(tiny(method, c1=67, c2=130), p, input_shape=(3, 7, 9))
+    nodes = [n for n in deploy.load(p, backend="reference").graph.nodes if n.op == "bconv"]
+    rng = np.random.default_rng(7)
+    for node in nodes:
+        x = rng.standard_normal((3, 6, 5, node.attrs["in_channels"])).astype(np.float32)
+        want = ReferenceOps().bconv(node, x)
+        np.testing.assert_array_equal(FastOps().bconv(node, x), want)
+        res = rng.standard_normal(want.shape).astype(np.float32)
+        got = FastOps().bconv(node, x, res, (-0.5, 0.5))
+        np.testing.assert_array_equal(got, np.clip(want + res, np.float32(-0.5), np.float32(0.5)))
 
 
 @pytest.mark.parametrize("shape", [(3, 7), (4, 16384), (2, 100003)])

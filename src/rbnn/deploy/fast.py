@@ -14,9 +14,13 @@ Design (see docs/deploy.md):
   XOR to the weight bits, so for border pixels the popcount of the weight taps that fall outside the image
   is subtracted again and only valid taps are counted: ``dot = C·n_valid − 2·(popcount − correction)``;
 - the epilogue is fused and vectorized: ``dot·out_mul + out_add`` (scale, λ, bias and BatchNorm folded at
-  export), then an optional residual add and Hardtanh clamp, written straight to the float output;
+  export) in float64 rounded once, then an optional residual add and Hardtanh clamp, written straight to the
+  float output;
 - ternary (sign(0)=0) layers fall back to the NumPy reference kernel;
 - no BLAS: float layers are numba loops too (OpenBLAS's spinning worker threads stole the binary layers' cores);
+- every float op does the reference engine's IEEE operations in the reference's order (float convs and linears
+  sum in float32 in (kh, kw, c) order, no FMA), so its floats equal the reference's bit for bit: a value
+  within rounding of a binarization threshold then binarizes the same way in both engines;
 - a large batch runs as tiles on a thread pool, each tile single-threaded (see ``TILE``).
 
 Every kernel is ``@njit(cache=True, nogil=True)``; call :func:`warmup` (or run once) before timing.
@@ -144,7 +148,7 @@ def bconv_kernel(
     """Binary conv of row windows ``xw`` (from :func:`pack_rows`) with ``wblk`` (O/8, KH·Rw, 8) (``wrow``: the
     same weights as (O, KH·Rw), for 3, 6 or 9 operand words per output, kept in registers) into float
     ``out`` (N, Ho, Wo, O): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to
-    [lo, hi])``. ``wpop`` (KH·KW, O) int32 holds the popcount of every weight tap (for the border correction,
+    [lo, hi])``, ``mul`` and ``add`` float64. ``wpop`` (KH·KW, O) int32 holds the popcount of every weight tap (for the border correction,
     contiguous along O so that it vectorizes)."""
     n_, hp, wq, rw = xw.shape
     nb, kd, _ = wblk.shape
@@ -228,16 +232,17 @@ def bconv_kernel(
                         else:
                             for o in range(o_):
                                 dots[o] -= wpop[kh * kw_ + kw, o]
-            # epilogue in float32 (vectorized): every integer here is < 2**24, so exact
-            cn = np.float32(c_in * nvalid)
-            two = np.float32(2.0)
+            # epilogue (vectorized) as the reference's: dot·mul + add in float64 (mul, add: float64 copies of the
+            # float32 arrays; the product is exact), rounded once to float32, then the float32 residual add.
+            # float32 arithmetic would round twice and differ from the reference in the last bit.
+            cn = np.int32(c_in * nvalid)
             if has_res:
                 for o in range(o_):
-                    y = (cn - two * np.float32(dots[o])) * mul[o] + add[o] + res[n, oh, ow, o]
+                    y = np.float32(np.float64(cn - 2 * dots[o]) * mul[o] + add[o]) + res[n, oh, ow, o]
                     out[n, oh, ow, o] = min(max(y, lo), hi) if clamp else y
             else:
                 for o in range(o_):
-                    y = (cn - two * np.float32(dots[o])) * mul[o] + add[o]
+                    y = np.float32(np.float64(cn - 2 * dots[o]) * mul[o] + add[o])
                     out[n, oh, ow, o] = min(max(y, lo), hi) if clamp else y
 
 
@@ -492,16 +497,17 @@ class _BinPrep:
         self.rw = (kw * self.c + 63) // 64
         self.wblk = row_window_weights(w, self.c)
         self.wrow = per_channel_weights(self.wblk, o)
-        self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float32)
-        self.add = np.ascontiguousarray(node.arrays["out_add"], dtype=np.float32)
+        # float64 copies: the epilogue computes in float64 like the reference's affine_out
+        self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float64)
+        self.add = np.ascontiguousarray(node.arrays["out_add"], dtype=np.float64)
         self.shift = (
             np.ascontiguousarray(node.arrays["act_shift"], dtype=np.float32)
             if at["act_transform"] == "shift"
             else np.zeros(self.c, dtype=np.float32)
         )
         self.standardize = at["act_transform"] == "standardize_sample"
-        self.ones = np.ones(o, dtype=np.float32)
-        self.zeros = np.zeros(o, dtype=np.float32)
+        self.ones = np.ones(o, dtype=np.float64)
+        self.zeros = np.zeros(o, dtype=np.float64)
 
     def run(self, x, res=None, clamp=None, raw=False):
         """Binary layer on NHWC (or (N, F)) float32 ``x``; ``raw``: return integer dots (int64)."""
@@ -789,8 +795,8 @@ def warmup() -> None:
             np.zeros((9, 5), np.int32),
             3,
             3,
-            np.ones(5, np.float32),
-            np.zeros(5, np.float32),
+            np.ones(5, np.float64),
+            np.zeros(5, np.float64),
             np.zeros((1, 2, 2, 5), np.float32),
             has_res,
             np.float32(-1),

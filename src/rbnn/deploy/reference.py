@@ -140,12 +140,17 @@ class ReferenceOps:
         return affine_out(blinear_dot(x, node), node)
 
     def conv(self, node: Node, x: np.ndarray) -> np.ndarray:
+        """Float conv summed in float32 in (kh, kw, c) order, one rounding per multiply and per add, then the
+        bias. No BLAS (whose order and FMA use depend on the library): the fast engine's kernel does the same
+        operations in the same order, so both engines' floats, and every binarization after them, agree bit
+        for bit (padding taps add 0·w = ±0, which changes nothing)."""
         w = node.arrays["weight"]  # (O, C, KH, KW)
         (ph, pw), (sh, sw), (dh, dw) = node.attrs["padding"], node.attrs["stride"], node.attrs["dilation"]
         o, c, kh_, kw_ = w.shape
         xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         ho, wo = out_hw(x.shape[1], kh_, sh, ph, dh), out_hw(x.shape[2], kw_, sw, pw, dw)
         y = np.zeros((x.shape[0], ho, wo, o), dtype=np.float32)
+        t = np.empty_like(y)
         for kh in range(kh_):
             for kw in range(kw_):
                 xt = xp[
@@ -154,11 +159,21 @@ class ReferenceOps:
                     kw * dw : kw * dw + (wo - 1) * sw + 1 : sw,
                     :,
                 ]
-                y += xt @ w[:, :, kh, kw].T
+                for ci in range(c):
+                    np.multiply(xt[..., ci, None], w[:, ci, kh, kw], out=t)
+                    y += t
         return y + node.arrays["bias"]
 
     def linear(self, node: Node, x: np.ndarray) -> np.ndarray:
-        return x @ node.arrays["weight"].T + node.arrays["bias"]
+        """Float linear summed in float32 in input-feature order, then the bias: the fast engine's order (see
+        :meth:`conv`)."""
+        wt = node.arrays["weight"].T  # (F, O)
+        y = np.zeros(x.shape[:-1] + wt.shape[1:], dtype=np.float32)
+        t = np.empty_like(y)
+        for f in range(wt.shape[0]):
+            np.multiply(x[..., f, None], wt[f], out=t)
+            y += t
+        return y + node.arrays["bias"]
 
     def affine(self, node: Node, x: np.ndarray) -> np.ndarray:
         return x * node.arrays["mul"] + node.arrays["add"]
