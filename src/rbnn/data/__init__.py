@@ -34,6 +34,8 @@ the calling process (on one intra-op thread, see ``rbnn.data.loader.single_threa
 
 ``data.image_size`` for the in-memory datasets: 0 or the native size keeps the images; another value
 resizes them once at load time (bilinear, antialiased), e.g. 32 to feed 28x28 data to a CIFAR network.
+A size whose resized copy (or synthetic data, or one ImageNet batch) would not fit in the memory available
+now is refused before anything is allocated, with the memory it would need (:mod:`rbnn.data.memory`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from . import cifar, idx, imagefolder
 from .augment import BatchAugment, default_pad
 from .imagefolder import FolderLoader, build_folder_datasets
 from .loader import InMemoryLoader, mix_seed
+from .memory import ensure_fits
 from .synthetic import make_synthetic
 
 DATASETS = ("fashion-mnist", "mnist", "idx", "cifar10", "imagenet", "synthetic")
@@ -96,11 +99,26 @@ def _subset(n_avail: int, n: int, key: str, where: str) -> int:
     return n or n_avail
 
 
+_RESIZE_CHUNK = 8192
+
+
+def _check_resize_memory(n: int, shape: tuple[int, ...], size: int, where: str) -> None:
+    """Refuse, before allocating, a ``data.image_size`` whose resized copy (uint8) plus the float32 work
+    buffers of one chunk would not fit in memory (a typo such as 2800 for 28)."""
+    if size <= 0 or tuple(shape[-2:]) == (size, size):
+        return
+    c, h, w = shape
+    chunk = min(n, _RESIZE_CHUNK)
+    need = n * c * size * size + chunk * c * (h * w + 2 * size * size) * 4
+    ensure_fits(need, f"data.image_size={size}: resizing {n} images of {where} to {c}x{size}x{size}",
+                "use a smaller data.image_size (0 keeps the native size) or data.subset")
+
+
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     if size <= 0 or images.shape[-2:] == (size, size):
         return images
     out = []
-    for chunk in images.split(8192):
+    for chunk in images.split(_RESIZE_CHUNK):
         r = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", align_corners=False,
                           antialias=True)
         out.append(r.round_().clamp_(0, 255).to(torch.uint8))
@@ -163,6 +181,10 @@ def load_arrays(cfg: DataConfig):
             raise DataError("data.subset and data.test_subset must be >= 0 (0 = the synthetic defaults "
                             f"{SYNTHETIC_TRAIN}/{SYNTHETIC_TEST})")
         ntr, nte = cfg.subset or SYNTHETIC_TRAIN, cfg.test_subset or SYNTHETIC_TEST
+        # uint8 images of both splits, plus the float32 template copy and noise of the larger one
+        need = (ntr + nte) * channels * size * size + 3 * 4 * max(ntr, nte) * channels * size * size
+        ensure_fits(need, f"synthetic data of {ntr}+{nte} images of {channels}x{size}x{size} (data.image_size)",
+                    "use a smaller data.image_size or data.subset / data.test_subset")
         xtr_t, ytr_t = make_synthetic(ntr, num_classes, (channels, size, size), seed=0, split="train")
         xte_t, yte_t = make_synthetic(nte, num_classes, (channels, size, size), seed=0, split="test")
         mean, std = _measured_norm(xtr_t)
@@ -173,6 +195,7 @@ def load_arrays(cfg: DataConfig):
         raise DataError(f"{where}: {len(ytr)} training and {len(yte)} test images; each split needs at least one")
     ntr = _subset(len(ytr), cfg.subset, "subset", where)
     nte = _subset(len(yte), cfg.test_subset, "test_subset", where)
+    _check_resize_memory(ntr + nte, xtr.shape[1:], cfg.image_size, where)
     xtr_t = _resize(torch.from_numpy(np.ascontiguousarray(xtr[:ntr])), cfg.image_size)
     xte_t = _resize(torch.from_numpy(np.ascontiguousarray(xte[:nte])), cfg.image_size)
     ytr_t = torch.from_numpy(ytr[:ntr].astype(np.int64))
@@ -211,6 +234,8 @@ def build_loaders(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: 
         if cfg.root is None:
             raise DataError(f"data.name=imagenet needs data.root: {imagefolder.HINT}")
         size = cfg.image_size or 224
+        ensure_fits(max(bs, ebs) * 3 * size * size * 9, f"data.image_size={size}: one batch of {max(bs, ebs)} "
+                    f"images of 3x{size}x{size}", "use a smaller data.image_size or batch size")
         aug = True if cfg.augment is None else cfg.augment
         train_ds, val_ds, classes = build_folder_datasets(cfg.root, size, aug)
         ntr = _subset(len(train_ds), cfg.subset, "subset", f"{cfg.root}/train")

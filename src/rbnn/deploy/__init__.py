@@ -12,13 +12,14 @@ The runtime (``load``, ``PackedModel``, ``size_report`` of a path) never imports
 from __future__ import annotations
 
 from .format import FORMAT_VERSION, PackedFormatError
-from .runtime import BACKENDS, PackedModel, load
+from .runtime import BACKENDS, PackedInputError, PackedModel, load
 from .size import size_report
 
 __all__ = [
     "BACKENDS",
     "FORMAT_VERSION",
     "PackedFormatError",
+    "PackedInputError",
     "PackedModel",
     "export",
     "export_onnx",

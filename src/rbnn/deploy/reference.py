@@ -16,6 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .format import Node
 from .packing import pack_bits, unpack_bits
+from .shapes import out_hw, pool_out_hw
 
 
 def binarize_input(x: np.ndarray, node: Node) -> tuple[np.ndarray, np.ndarray | None]:
@@ -34,21 +35,9 @@ def binarize_input(x: np.ndarray, node: Node) -> tuple[np.ndarray, np.ndarray | 
     else:
         raise ValueError(f"unknown act_transform {at['act_transform']!r} in node {node.name!r}")
     if at["zero"] == 1:
-        return ~(v >= 0), None  # sign(0) = +1 (a NaN binarizes to -1, like torch.where(x >= 0, 1, -1))
+        # sign(0) = +1: copysign(1, v + 0.0) as rbnn.functional.sign does (a NaN goes by its sign bit)
+        return np.signbit(v + np.float32(0.0)), None
     return v < 0, v != 0  # ternary: sign(0) = 0
-
-
-def out_hw(h: int, k: int, s: int, p: int, d: int) -> int:
-    return (h + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def pool_out_hw(h: int, k: int, s: int, p: int, d: int = 1, ceil_mode: bool = False) -> int:
-    """Pool output size as torch computes it: with ``ceil_mode`` a last, partial window is kept as long as it
-    starts inside the input or the left padding."""
-    if not ceil_mode:
-        return out_hw(h, k, s, p, d)
-    o = -(-(h + 2 * p - d * (k - 1) - 1) // s) + 1
-    return o - 1 if (o - 1) * s >= h + p else o
 
 
 def pool_counts(h: int, k: int, s: int, p: int, o: int, count_include_pad: bool) -> np.ndarray:

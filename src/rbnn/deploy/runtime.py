@@ -7,11 +7,17 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import RbnnError
 from . import format as fmt
+from . import shapes
 from .format import Node, PackedFormatError, PackedGraph
 from .reference import ReferenceOps
 
 BACKENDS = ("reference", "fast")
+
+
+class PackedInputError(RbnnError, ValueError):
+    """Input that a loaded packed model cannot run on (wrong shape, not numbers, a bad batch size)."""
 
 
 def _ops(backend: str):
@@ -31,9 +37,16 @@ class PackedModel:
         self.graph = graph
         self.backend = backend
         self.path = path
-        self.ops = _ops(backend)
         self.nodes = graph.nodes
-        self.input_shape = tuple(graph.meta.get("input_shape", graph.nodes[0].attrs.get("shape", ())))
+        if not graph.shapes:  # a graph built in memory rather than read (and validated) by format.read
+            try:
+                graph.shapes = shapes.propagate(graph.nodes, graph.meta.get("input_shape"))
+            except shapes.GraphProblem as e:
+                raise PackedFormatError(f"{path or 'packed graph'}: {e}") from None
+        self.input_shape = graph.shapes[graph.nodes[0].name]
+        self.output_shape = graph.shapes[graph.output]
+        self._shape_cache = {self.input_shape: graph.shapes}
+        self.ops = _ops(backend)
         if hasattr(self.ops, "prepare"):
             self.ops.prepare(graph)
 
@@ -61,25 +74,50 @@ class PackedModel:
             return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         return np.ascontiguousarray(x)
 
-    def _check_input(self, x: np.ndarray) -> None:
-        x = np.asarray(x)
-        want = self.input_shape
-        if x.ndim == len(want) + 1:
-            got = tuple(x.shape[1:])
-            if got[0] != want[0] or (len(want) == 1 and got != want):
-                raise ValueError(
-                    f"input of shape {tuple(x.shape)} does not match the model input (N, "
-                    f"{', '.join(map(str, want))})"
-                )
-        elif x.ndim != len(want):
-            raise ValueError(f"input of rank {x.ndim}; expected (N, {', '.join(map(str, want))})")
+    def _input_error(self, problem: str) -> PackedInputError:
+        return PackedInputError(f"{self.path or 'packed model'}: {problem}")
+
+    def _check_input(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[int, ...]]]:
+        """``x`` as float32 with a batch axis, and every node's output shape on it. The channels (or features)
+        must be the model's; another image size is accepted only when every op can run on it, as in torch
+        (a fully convolutional model), never when, say, the classifier's width would not match: the kernels
+        index without bounds checks. Shapes are propagated once per image size and cached."""
+        try:
+            x = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise self._input_error(f"input is not an array of numbers ({e})") from None
+        want, given = self.input_shape, tuple(x.shape)
+        if x.ndim == len(want):
+            x = x[None]
+        sample = tuple(x.shape[1:])
+        found = self._shape_cache.get(sample)
+        if found is not None:
+            return x, found
+        expect = f"the model input (N, {', '.join(map(str, want))})"
+        if len(sample) != len(want) or sample[0] != want[0] or (len(want) == 1 and sample != want):
+            raise self._input_error(f"input of shape {given} does not match {expect}")
+        try:
+            found = shapes.propagate(self.nodes, sample=sample)
+        except shapes.GraphProblem as e:
+            raise self._input_error(f"input of shape {given} does not fit {expect}: {e}") from None
+        if len(self._shape_cache) < 64:
+            self._shape_cache[sample] = found
+        return x, found
 
     def run(self, x: np.ndarray, record: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Run the graph; with ``record`` also return each binary layer's integer pre-activations
         (module name -> int64, NCHW for convs), computed unfused."""
-        self._check_input(x)
+        x, shp = self._check_input(x)
         env: dict[str, np.ndarray] = {}
         dots: dict[str, np.ndarray] = {}
+        if x.shape[0] == 0:  # no images: empty results of the right shapes, nothing run
+            if record:
+                dots = {
+                    n.attrs["module"]: np.zeros((0, *shp[n.name]), dtype=np.int64)
+                    for n in self.nodes
+                    if n.op in ("bconv", "blinear")
+                }
+            return np.zeros((0, *shp[self.graph.output]), dtype=np.float32), dots
         run_plan = self.ops.plan if (hasattr(self.ops, "plan") and not record) else None
         if run_plan is not None:
             out = run_plan(self._to_internal(x))
@@ -105,7 +143,11 @@ class PackedModel:
 
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Logits (float32) for NCHW float input ``x``."""
-        x = np.asarray(x, dtype=np.float32)
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1
+        ):
+            raise self._input_error(f"batch_size={batch_size!r}: expected a positive integer")
+        x = self._check_input(x)[0]
         if batch_size is None or x.shape[0] <= batch_size:
             return self.run(x)[0]
         return np.concatenate([self.run(x[i : i + batch_size])[0] for i in range(0, x.shape[0], batch_size)])
@@ -119,6 +161,12 @@ class PackedModel:
         sees it). Used by :func:`rbnn.deploy.verify` to check each layer on exactly torch's input."""
         node = self._binary_node(module)
         xi = np.asarray(x, dtype=np.float32)
+        try:
+            out = shapes.infer(node, tuple(xi.shape[1:]))
+        except shapes.GraphProblem as e:
+            raise self._input_error(f"input of shape {tuple(xi.shape)} for layer {module!r}: {e}") from None
+        if xi.shape[0] == 0:
+            return np.zeros((0, *out), dtype=np.int64)
         xi = np.ascontiguousarray(xi.transpose(0, 2, 3, 1)) if xi.ndim == 4 else np.ascontiguousarray(xi)
         d = self.ops.bdot(node, xi)
         return d.transpose(0, 3, 1, 2) if d.ndim == 4 else d
