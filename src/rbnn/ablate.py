@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
-from .config import Config, _apply, apply_overrides, validate
+from .config import Config, _apply, apply_model_defaults, apply_overrides, validate
 from .errors import ConfigError
 
 DEFAULT_METHODS = ["fp", "xnor", "irnet", "rbnn-B", "rbnn-BR", "rbnn-BT", "rbnn-BTR", "rbnn"]
@@ -46,6 +46,7 @@ def load_ablation(path: str | Path | None, overrides: list[str]) -> tuple[Config
     for k, v in data.items():
         _apply(cfg, [str(k)], v, str(k))
     apply_overrides(cfg, rest)
+    apply_model_defaults(cfg, [*map(str, data), *(o.split("=", 1)[0].strip() for o in rest)])
     return validate(cfg), [str(m) for m in methods], seeds
 
 

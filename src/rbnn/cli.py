@@ -46,7 +46,15 @@ def _print_summary(summary: dict) -> None:
             print(f"packed 1-bit model: {exp['file']} ({exp['file_bytes']:,} bytes, float32 weights "
                   f"{exp['float32_state_dict_bytes']:,} bytes); verified: integer pre-activations equal "
                   f"{exp.get('int_exact')}, argmax agreement {exp.get('argmax_agreement')}; "
-                  f"{exp['speedup_vs_torch_eval']:.2f}x the speed of torch fp32 eval at batch {exp['batch']}")
+                  f"{_speed(exp)}")
+
+
+def _speed(exp: dict) -> str:
+    """The packed engine's speed against torch eval: the median of interleaved pairs, with their range."""
+    lo, hi = exp.get("speedup_range", (None, None))
+    spread = f", range {lo:.2f}-{hi:.2f}x" if lo is not None else ""
+    return (f"{exp['speedup_vs_torch_eval']:.2f}x the speed of torch fp32 eval at batch {exp['batch']} "
+            f"(median of {exp.get('timing_pairs', 1)} interleaved pairs{spread})")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 Unknown keys and values of the wrong type are errors (``ConfigError``). Assigning a plain value to a section
 sets its ``name``: ``method=xnor`` is ``method.name=xnor``, ``data=cifar10`` is ``data.name=cifar10``.
+A model may carry training defaults (``rbnn.models.model_defaults``, e.g. its optimizer's lr) that replace the
+global ones in every section the YAML file and the overrides leave alone.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .models import model_defaults
 
 
 @dataclass
@@ -52,6 +56,7 @@ class MethodConfig:
     rotation_period: int | None = None
     rotation_every_steps: int | None = None
     theta_init: float | None = None
+    scale_init: str | None = None  # weights | torch_default (RBNN's lambda at init)
     gamma_mode: str | None = None
     gamma: float | None = None
     skip: list[str] | None = None  # glob patterns of layers kept float (default: the model's float_layers)
@@ -63,7 +68,9 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # sgd | adam | adamw (the paper recipes in configs/ set sgd, lr 0.1, wd 1e-4)
+    # sgd | adam | adamw (the paper recipes in configs/ set sgd, lr 0.1, wd 1e-4); a model's registered
+    # defaults replace these when no optim key is set (the CIFAR/ImageNet networks: a higher Adam lr)
+    name: str = "adam"
     lr: float = 0.002
     momentum: float = 0.9
     nesterov: bool = False
@@ -99,7 +106,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    model_init: str = "reference"  # reference (the papers' init conventions) | pytorch
+    # standard: the model's weight init with BatchNorm gamma = 1 (trains with the default Adam; IR-Net's code);
+    # reference: the reference code's init (RBNN's ResNets: gamma = 1e-8; the paper configs set it); pytorch
+    model_init: str = "standard"
     epochs: int = 4
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -245,8 +254,8 @@ def validate(cfg: Config) -> Config:
         bad("data.subset", "must be >= 0")
     if cfg.amp not in ("none", "bf16"):
         bad("amp", f"expected none or bf16, got {cfg.amp!r}")
-    if cfg.model_init not in ("reference", "pytorch"):
-        bad("model_init", f"expected reference or pytorch, got {cfg.model_init!r}")
+    if cfg.model_init not in ("reference", "standard", "pytorch"):
+        bad("model_init", f"expected reference, standard or pytorch, got {cfg.model_init!r}")
     if cfg.nproc < 1:
         bad("nproc", f"must be >= 1, got {cfg.nproc}")
     _validate_run_keys(cfg, bad)
@@ -287,8 +296,10 @@ def _validate_run_keys(cfg: Config, bad) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
+    """Defaults, then the YAML file (if any), then ``key=value`` overrides, then the model's defaults in the
+    sections neither set; validated."""
     cfg = Config()
+    data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -304,7 +315,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         for k, v in data.items():
             _apply(cfg, [str(k)], v, str(k))
     apply_overrides(cfg, overrides)
+    apply_model_defaults(cfg, [*map(str, data), *(o.split("=", 1)[0].strip() for o in overrides)])
     return validate(cfg)
+
+
+def apply_model_defaults(cfg: Config, user_keys: Iterable[str]) -> Config:
+    """Set ``cfg.model``'s registered training defaults in every section (``optim``, ...) of which the user
+    set no key (``user_keys``: the dotted keys from the YAML file and the overrides). Why: the global defaults
+    suit the default job's small net; a deeper binary ResNet needs a larger Adam step to learn in a short
+    run, and ``rbnn train model=X method=Y`` must learn with nothing else set."""
+    user = {k.split(".")[0] for k in user_keys}
+    for key, value in model_defaults(cfg.model).items():
+        if key.split(".")[0] not in user:
+            _apply(cfg, key.split("."), value, key)
+    return cfg
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:

@@ -21,7 +21,8 @@ from .nn.recipe import BinaryRecipe
 
 log = logging.getLogger(__name__)
 
-# The reference codes' (t_min, t_max) schedules.
+# The reference codes' (t_min, t_max) schedules. IR-Net's: the paper's and its VGG-small / 1w32a trainers'
+# 0.1; its CIFAR-10 ResNet-20 1w1a trainer uses t_min = 1e-3 (configs/irnet_cifar10_resnet20_bireal.yaml sets it).
 _IRNET_T = {"t_min": 0.1, "t_max": 10.0}
 _RBNN_T = {"t_min": 1e-2, "t_max": 10.0}
 
@@ -30,7 +31,7 @@ RBNN_REFERENCE = BinaryRecipe(
     weight_transform="standardize", weight_estimator="rbnn", weight_scale="learned_output",
     act_estimator="rbnn", act_transform="standardize_sample", act_rule="rbnn", **_RBNN_T,
     rotation=True, adjustable=True, rotation_grad="stop", rotation_cycles=3, rotation_period=1,
-    theta_init=math.pi / 2, zero=0, eps=0.0,
+    theta_init=math.pi / 2, zero=0, eps=0.0, scale_init="torch_default",
 )
 
 METHODS: dict[str, BinaryRecipe | None] = {
@@ -49,10 +50,11 @@ METHODS: dict[str, BinaryRecipe | None] = {
     # RBNN, corrected (docs/rbnn.md): sign(0)=+1 (deployable), eps in both standardizations (no NaN), and the
     # full chain rule through the rotation, d w_tilde / d w_hat = (1-alpha) I + alpha R. With the reference's
     # stop-gradient the latent weights get (1-alpha) g, exactly 0 at alpha=1, and learn far slower early on.
-    # (Weight decay on theta/lambda is an optimizer choice: optim.no_decay.)
-    "rbnn": RBNN_REFERENCE.replace(zero=1, eps=1e-12, rotation_grad="full"),
+    # (Weight decay on theta/lambda is an optimizer choice: optim.no_decay.) lambda starts at mean|W_c| of the
+    # model's own init (Kaiming: lambda*sqrt(fan_in) ~ 1.13), not of the default init the reference discards.
+    "rbnn": RBNN_REFERENCE.replace(zero=1, eps=1e-12, rotation_grad="full", scale_init="weights"),
     # The same with the reference's stop-gradient through R (to measure that choice alone).
-    "rbnn-stopgrad": RBNN_REFERENCE.replace(zero=1, eps=1e-12),
+    "rbnn-stopgrad": RBNN_REFERENCE.replace(zero=1, eps=1e-12, scale_init="weights"),
     # Table 4 ablation ladder (ResNet-20 Bi-Real, CIFAR-10): B < B+R, B+T < B+T+R < RBNN.
     # B = XNOR-Net binarization; R = rotation (alpha fixed to 1, so the gradient must go through R);
     # T = training-aware approximation with RBNN's schedule and activation rule.

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from ._registry import INITS, check_init, get_builder, list_models, register_model
+from ._registry import INITS, check_init, get_builder, list_models, model_defaults, register_model
 
 _BUILTIN = ("resnet_cifar", "resnet_imagenet", "vgg_small", "small", "reactnet")
 
@@ -59,4 +59,4 @@ def create(name: str, method: Any = "fp", num_classes: int = 10, in_channels: in
     return model
 
 
-__all__ = ["INITS", "check_init", "create", "get_builder", "list_models", "register_model"]
+__all__ = ["INITS", "check_init", "create", "get_builder", "list_models", "model_defaults", "register_model"]

@@ -8,27 +8,42 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
-INITS = ("reference", "pytorch")
+# reference: the reference code's init (RBNN's ResNets: Kaiming-normal, every BatchNorm2d gamma = 1e-8);
+# standard: the same weights with every BatchNorm gamma = 1 (the IR-Net code's ResNet-20 init; trains with any
+# optimizer); pytorch: torch's defaults. Models whose reference init has gamma = 1 treat standard as reference.
+INITS = ("reference", "standard", "pytorch")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 B = TypeVar("B", bound=Callable[..., nn.Module])
 
 
-def register_model(name: str) -> Callable[[B], B]:
-    """Decorator: register ``builder`` under ``name`` (a duplicate is an error, not an override)."""
+def register_model(name: str, defaults: dict[str, Any] | None = None) -> Callable[[B], B]:
+    """Decorator: register ``builder`` under ``name`` (a duplicate is an error, not an override).
+
+    ``defaults``: dotted config keys (``{"optim.lr": 0.02}``) that ``rbnn train model=name`` uses in place of
+    the global defaults, so that the model trains with nothing else set; a section the user sets any key of
+    (``optim=sgd``, ``optim.lr=...``) is the user's alone (``rbnn.config.apply_model_defaults``).
+    """
 
     def wrap(builder: B) -> B:
         if name in _MODELS:
             raise ValueError(f"model {name!r} already registered")
         _MODELS[name] = builder
+        _DEFAULTS[name] = dict(defaults or {})
         return builder
 
     return wrap
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The training defaults model ``name`` was registered with (empty for unknown names)."""
+    return dict(_DEFAULTS.get(name, {}))
 
 
 def list_models(pattern: str | None = None) -> list[str]:

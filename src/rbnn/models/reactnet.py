@@ -15,7 +15,7 @@ so odd sizes work (it equals ReActNet's pool on the even sizes of ImageNet).
 - ``reactnet_small`` (28×28 / 32×32 inputs): stem 3×3/1 FP conv + BN, no max-pool, layers [2, 2, 2, 2]
   of widths (16, 32, 64, 128) by default (``width``/``layers`` are builder options).
 
-Init: PyTorch defaults for both ``init`` values (ReActNet's code uses no custom init). No data-dependent
+Init: PyTorch defaults for every ``init`` value (ReActNet's code uses no custom init). No data-dependent
 control flow: the models trace with ``torch.fx`` (binary layers as leaves).
 """
 
@@ -107,7 +107,7 @@ class ReActNet(nn.Module):
 
 
 def _build(layers, widths, num_classes, in_channels, init, input_size, small) -> ReActNet:
-    check_init(init)  # "reference" and "pytorch" coincide: ReActNet uses PyTorch's default init
+    check_init(init)  # all three inits coincide: ReActNet uses PyTorch's default init
     return ReActNet(layers, widths, num_classes, in_channels, input_size, small)
 
 

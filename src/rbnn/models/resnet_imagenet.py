@@ -53,8 +53,8 @@ def _build(layers: Sequence[int], num_classes: int, in_channels: int, init: str,
            input_size) -> ImageNetResNet:
     check_init(init)
     model = ImageNetResNet(layers, num_classes, in_channels, input_size)
-    if init == "reference":
-        kaiming_init(model, bn2d_weight=1e-8, linear=False)
+    if init != "pytorch":  # RBNN's code: gamma = 1e-8; "standard": gamma = 1
+        kaiming_init(model, bn2d_weight=1e-8 if init == "reference" else 1.0, linear=False)
     return model
 
 

@@ -60,8 +60,8 @@ class SmallNet(nn.Module):
 def _build(width: int, num_classes: int, in_channels: int, init: str, input_size) -> SmallNet:
     check_init(init)
     model = SmallNet(width, num_classes, in_channels, input_size)
-    if init == "reference":
-        # No paper recipe exists for this net: Kaiming-normal convs, BN weights left at 1.
+    if init != "pytorch":
+        # No paper recipe exists for this net: Kaiming-normal convs, BN weights left at 1 ("standard" = "reference").
         kaiming_init(model, bn2d_weight=1.0, linear=False)
     return model
 

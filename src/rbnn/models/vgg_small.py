@@ -54,6 +54,6 @@ def vgg_small(num_classes: int = 10, in_channels: int = 3, init: str = "referenc
     """VGG-small (RBNN/IR-Net CIFAR-10 model)."""
     check_init(init)
     model = VGGSmall(num_classes, in_channels, input_size)
-    if init == "reference":
+    if init != "pytorch":  # the reference init already has BatchNorm gamma = 1: "standard" is the same
         vgg_init(model)
     return model

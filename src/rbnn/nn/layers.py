@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..functional import schedules
+from ..functional import output_scale, schedules
 from ..functional.standardized_sign import standardized_sign
 from ..functional.surrogates import binarize
 from ..functional.transforms import libra_pb_scale, mean_abs_scale, standardize_filters, standardize_samples
@@ -26,7 +26,9 @@ class BinaryMixin:
     weight: nn.Parameter
 
     # ---- construction -------------------------------------------------------------------------
-    def _init_binary(self, recipe: BinaryRecipe) -> None:
+    def _init_binary(self, recipe: BinaryRecipe, torch_default_weight: torch.Tensor | None = None) -> None:
+        """``torch_default_weight``: the weight torch's default init gave this layer before the float weights
+        were copied in (None: ``self.weight`` still holds it); RBNN's ``scale_init="torch_default"`` reads it."""
         self.recipe = recipe
         out_ch = self.weight.shape[0]
         n = self.weight[0].numel()
@@ -41,7 +43,9 @@ class BinaryMixin:
                 self.theta = nn.Parameter(torch.full((out_ch,), recipe.theta_init, dtype=dt, device=dev))
         if recipe.weight_scale == "learned_output":
             # RBNN's lambda: initialized to mean|W_c| at construction, learnable, not detached.
-            self.scale = nn.Parameter(mean_abs_scale(self.weight.detach()).reshape(out_ch).clone())
+            src = self.weight if recipe.scale_init == "weights" or torch_default_weight is None \
+                else torch_default_weight
+            self.scale = nn.Parameter(mean_abs_scale(src.detach()).reshape(out_ch).clone())
         if recipe.weight_scale in ("rebnn", "rebnn_released"):
             from .rebnn import init_rebnn_state
 
@@ -71,11 +75,14 @@ class BinaryMixin:
 
     @torch.no_grad()
     def update_rotation(self, cycles: int | None = None) -> None:
-        """RBNN: run the alternating B/R1/R2 optimization on the detached latent weight (warm start)."""
+        """RBNN: run the alternating B/R1/R2 optimization on the detached latent weight (warm start), in the
+        layer's precision: float64 for a float64 layer, float32 otherwise."""
         if not self.recipe.rotation:
             return
         X = self.latent_weight().detach().reshape(-1, self.n1, self.n2)
-        R1, R2 = optimize_rotation(X, self.R1, self.R2, self.recipe.rotation_cycles if cycles is None else cycles)
+        dtype = torch.float64 if self.R1.dtype == torch.float64 else torch.float32
+        R1, R2 = optimize_rotation(X, self.R1, self.R2, self.recipe.rotation_cycles if cycles is None else cycles,
+                                   compute_dtype=dtype)
         self.R1.copy_(R1)
         self.R2.copy_(R2)
 
@@ -139,12 +146,21 @@ class BinaryMixin:
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What the layer's conv/linear runs with. RBNN's learned per-channel output scale lambda is applied to
         the weight (and bias) rather than to the output: conv(x, b) * lambda == conv(x, lambda * b), and the
-        weight is tiny next to the activation tensor, so this saves a forward and two backward passes."""
+        weight is tiny next to the activation tensor, so this saves a forward and two backward passes. While
+        training, lambda's gradient comes from the output instead (``scaled_output``; see
+        ``functional/output_scale.py``): from the weight it would be ~70x noisier in float32."""
         w, bias = self.binary_weight(), self.bias
         if self.recipe.weight_scale == "learned_output":
-            w = w * self.scale.reshape(-1, *([1] * (w.dim() - 1)))
-            bias = None if bias is None else bias * self.scale
+            lam = output_scale.weight_side(self.scale)
+            w = w * lam.reshape(-1, *([1] * (w.dim() - 1)))
+            bias = None if bias is None else bias * lam
         return w, bias
+
+    def scaled_output(self, y: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """The layer's output, carrying lambda's gradient when the recipe learns an output scale."""
+        if self.recipe.weight_scale == "learned_output":
+            return output_scale.output_side(y, self.scale, channel_dim)
+        return y
 
     def binary_extra_repr(self) -> str:
         r = self.recipe
@@ -175,16 +191,19 @@ class BinaryConv2d(nn.Conv2d, BinaryMixin):
         nn.Conv2d.__init__(new, module.in_channels, module.out_channels, module.kernel_size, module.stride,
                            module.padding, module.dilation, module.groups, module.bias is not None,
                            module.padding_mode, device=module.weight.device, dtype=module.weight.dtype)
+        # torch's default init, drawn by __init__ (as the reference's layer draws it) and overwritten below
+        default = new.weight.detach().clone() if recipe.scale_init == "torch_default" else None
         with torch.no_grad():
             new.weight.copy_(module.weight)
             if module.bias is not None:
                 new.bias.copy_(module.bias)
-        new._init_binary(recipe)
+        new._init_binary(recipe, default)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.weight_and_bias()
-        return F.conv2d(self.binary_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
+        y = F.conv2d(self.binary_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.scaled_output(y, 1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.binary_extra_repr()
@@ -203,16 +222,18 @@ class BinaryLinear(nn.Linear, BinaryMixin):
         new = cls.__new__(cls)
         nn.Linear.__init__(new, module.in_features, module.out_features, module.bias is not None,
                            device=module.weight.device, dtype=module.weight.dtype)
+        # torch's default init, drawn by __init__ (as the reference's layer draws it) and overwritten below
+        default = new.weight.detach().clone() if recipe.scale_init == "torch_default" else None
         with torch.no_grad():
             new.weight.copy_(module.weight)
             if module.bias is not None:
                 new.bias.copy_(module.bias)
-        new._init_binary(recipe)
+        new._init_binary(recipe, default)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.weight_and_bias()
-        return F.linear(self.binary_input(x), w, bias)
+        return self.scaled_output(F.linear(self.binary_input(x), w, bias), -1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.binary_extra_repr()

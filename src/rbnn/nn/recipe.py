@@ -14,6 +14,7 @@ WEIGHT_SCALES = ("none", "mean_abs", "mean_abs_detached", "pow2", "learned_outpu
 ACT_TRANSFORMS = ("none", "standardize_sample", "shift")
 ACT_RULES = ("same", "rbnn")
 ROTATION_GRADS = ("stop", "full")
+SCALE_INITS = ("weights", "torch_default")
 ESTIMATORS = ("ste", "clipped_ste", "approx", "ede", "rbnn")
 
 
@@ -42,6 +43,10 @@ class BinaryRecipe:
     rotation_period: int = 1  # epochs between rotation updates (at epoch start, as the reference)
     rotation_every_steps: int = 0  # >0: also update every N optimizer steps (a finer-grained option)
     theta_init: float = math.pi / 2
+    # learned_output's lambda at init: mean|W_c| of the weights the layer is built from ("weights", i.e. after
+    # the model's init), or of torch's default uniform init of a layer of that shape ("torch_default"): RBNN's
+    # code computes it at construction, before the model re-initialises the weights (lambda*sqrt(fan_in) ~ 0.5)
+    scale_init: str = "weights"
     # conventions
     zero: int = 1  # sign(0): 1 -> +1 (deployable), 0 -> torch.sign (reference)
     eps: float = 0.0  # added to the std of both standardizations (reference: 0)
@@ -62,6 +67,7 @@ class BinaryRecipe:
         check("act_transform", self.act_transform, ACT_TRANSFORMS)
         check("act_rule", self.act_rule, ACT_RULES)
         check("rotation_grad", self.rotation_grad, ROTATION_GRADS)
+        check("scale_init", self.scale_init, SCALE_INITS)
         check("zero", self.zero, (0, 1))
         if self.rotation_cycles < 0 or self.rotation_period < 1 or self.rotation_every_steps < 0:
             raise ValueError("rotation_cycles and rotation_every_steps must be >= 0 and rotation_period >= 1")

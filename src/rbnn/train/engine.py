@@ -503,21 +503,36 @@ def export_and_verify(model: nn.Module, run_dir: Path, test_loader, device: torc
     packed.predict(xn)  # warm-up / compile
     with torch.no_grad():
         model(x)
-        t_torch = _best_time(lambda: model(x))
-    t_packed = _best_time(lambda: packed.predict(xn))
+    timing = _interleaved_timing(lambda: model(x), lambda: packed.predict(xn))
     report.update({"file": str(path), "file_bytes": path.stat().st_size,
                    "float32_state_dict_bytes": sum(t.numel() * 4 for t in model.state_dict().values()
                                                    if t.is_floating_point()),
-                   "batch": int(x.shape[0]), "torch_fp_eval_seconds": t_torch, "packed_seconds": t_packed,
-                   "speedup_vs_torch_eval": t_torch / t_packed})
+                   "batch": int(x.shape[0]), **timing})
     return report
 
 
-def _best_time(fn, repeats: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeats):
+def _interleaved_timing(baseline, candidate, repeats: int = 7) -> dict[str, Any]:
+    """Time ``baseline`` (torch eval) and ``candidate`` (the packed engine) in alternating pairs (ABBA order),
+    so both see the same machine load; report medians and the spread of the per-pair ratios.
+
+    One best-of-5 of each, taken one after the other, printed 21.8x on a busy machine where the engine's
+    measured ratio is ~3x: only a ratio whose pairs agree means something, and the range says whether they do.
+    """
+    def once(fn) -> float:
         t0 = time.perf_counter()
         with torch.no_grad():
             fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        return time.perf_counter() - t0
+
+    base, cand = [], []
+    for r in range(repeats):
+        if r % 2:
+            cand.append(once(candidate))
+            base.append(once(baseline))
+        else:
+            base.append(once(baseline))
+            cand.append(once(candidate))
+    ratios = sorted(b / c for b, c in zip(base, cand))
+    return {"torch_fp_eval_seconds": float(np.median(base)), "packed_seconds": float(np.median(cand)),
+            "speedup_vs_torch_eval": float(np.median(ratios)), "speedup_range": [ratios[0], ratios[-1]],
+            "timing_pairs": repeats}
