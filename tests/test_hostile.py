@@ -391,7 +391,8 @@ def test_mid_epoch_resume_on_image_folders_skips_without_decoding_and_is_exact(t
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)).save(
                     tmp_path / "img" / split / cls / f"{i}.png")
-    common = ["data.name=imagenet", f"data.root={tmp_path / 'img'}", "data.image_size=8", "model=smallnet",
+    common = ["data.name=imagenet", f"data.root={tmp_path / 'img'}", "data.image_size=8", "data.workers=0",
+              "model=smallnet",
               "method=xnor", "batch_size=4", "epochs=2", "threads=1", "export=false", "diagnostics=false"]
     full = tmp_path / "full"
     engine.train(load_config(None, [*common, f"out={full}"]))

@@ -58,7 +58,7 @@ def here(tmp_path, monkeypatch) -> Path:
     ("optim.betas=[0.9]", "optim.betas"), ("optim.momentum=-1", "optim.momentum"),
     ("seed=-1", "seed"), ("seed=99999999999999999999999", "seed"), ("checkpoint_every=0", "checkpoint_every"),
     ("threads=-2", "threads"), ("schedule.gamma=0", "schedule.gamma"), ("schedule.min_lr=-1", "schedule.min_lr"),
-    ("data.workers=-1", "data.workers"), ("data.image_size=-5", "data.image_size"),
+    ("data.workers=-2", "data.workers"), ("data.image_size=-5", "data.image_size"),
     ("optim.nesterov=true", "optim.nesterov"), ("epochs=0", "epochs"), ("batch_size=0", "batch_size"),
     ("eval_batch_size=-1", "eval_batch_size"), ("optim.lr=0", "optim.lr"), ("optim.weight_decay=-1", "optim"),
     ("amp=fp8", "amp"), ("model_init=xavier", "model_init"), ("schedule=exp", "schedule.name"),

@@ -61,15 +61,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .config import DataConfig
     from .data import build_loaders
     from .train import evaluate, load_run_model
+    from .train.engine import resolve_device
 
-    model, cfg, state = load_run_model(args.checkpoint)
+    device = resolve_device(args.device)
+    model, cfg, state = load_run_model(args.checkpoint, device)
     data_cfg: DataConfig = cfg.data
     if args.data_root:
         data_cfg.root = args.data_root
-    _, test_loader, _ = build_loaders(data_cfg, cfg.batch_size, cfg.eval_batch_size, cfg.seed)
-    import torch
-
-    ev = evaluate(model, test_loader, torch.device("cpu"))
+    _, test_loader, _ = build_loaders(data_cfg, cfg.batch_size, cfg.eval_batch_size, cfg.seed, device=device)
+    ev = evaluate(model, test_loader, device)
     print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": state["epoch"], "test_loss": ev["loss"],
                       "test_acc": ev["acc"], "test_top5": ev["top5"], "images": int(ev["n"])}, indent=2))
     return 0
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint (or run directory) on its test set")
     e.add_argument("checkpoint")
     e.add_argument("--data-root", help="override the dataset root stored in the checkpoint")
+    e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     e.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("summary", help="per-layer binary/float, params, bytes, binary ops vs FLOPs")

@@ -30,7 +30,7 @@ class DataConfig:
     subset: int = 0  # use the first N training images (0 = all)
     test_subset: int = 0  # use the first N test images (0 = all)
     augment: bool | None = None  # None: the dataset's default (crop+flip for CIFAR/ImageNet, none for 28x28)
-    workers: int = 0  # loader worker processes (ImageNet folders)
+    workers: int = -1  # loader worker processes (ImageNet folders); -1: from the CPU count, 0: none
     image_size: int = 0  # 0: the dataset's native size (ImageNet: 224)
     drop_last_test: bool = False  # the reference CIFAR loaders drop the last partial test batch
     channels: int = 0  # synthetic data only: image channels (0 = 1)
@@ -127,6 +127,10 @@ class Config:
     checkpoint_every: int = 1  # epochs between last.pt writes
     export: bool = True  # export + verify the packed 1-bit model at the end (binary methods)
     diagnostics: bool = True  # per-layer angle/flip/alpha metrics each epoch
+    # steps between the loop's host syncs (loss/NaN check, sums; under DDP the stop flag); 0: 50 on CUDA, 1 else
+    sync_every: int = 0
+    # steps between oscillation samples (osc_seq, gamma_mean); 0: 20 on CUDA, 1 (every step, exact) else
+    diagnostics_every: int = 0
 
 
 SECTIONS = {"method": MethodConfig, "data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
@@ -259,6 +263,11 @@ def validate(cfg: Config) -> Config:
     if cfg.nproc < 1:
         bad("nproc", f"must be >= 1, got {cfg.nproc}")
     _validate_run_keys(cfg, bad)
+    for key in ("sync_every", "diagnostics_every"):
+        if getattr(cfg, key) < 0:
+            bad(key, f"must be >= 0 (0: the device's default), got {getattr(cfg, key)}")
+    if cfg.data.workers < -1:
+        bad("data.workers", f"must be >= -1 (-1: from the CPU count), got {cfg.data.workers}")
     if not 0 <= cfg.distill.weight <= 1:
         bad("distill.weight", f"must be in [0, 1], got {cfg.distill.weight}")
     if cfg.distill.temperature <= 0:
@@ -289,8 +298,6 @@ def _validate_run_keys(cfg: Config, bad) -> None:
         bad("schedule.min_lr", f"must be >= 0, got {cfg.schedule.min_lr}")
     if cfg.schedule.gamma <= 0:
         bad("schedule.gamma", f"must be > 0, got {cfg.schedule.gamma}")
-    if cfg.data.workers < 0:
-        bad("data.workers", f"must be >= 0, got {cfg.data.workers}")
     if cfg.data.image_size < 0:
         bad("data.image_size", f"must be >= 0 (0 = the dataset's native size), got {cfg.data.image_size}")
 

@@ -54,9 +54,14 @@ def rotation_objective(X: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor) -> t
 
 
 def _polar(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # the SVD is tiny (n1 x n1 or n2 x n2): do it in float64 so the polar factor is orthogonal to ~1e-15
-    U, _, Vh = torch.linalg.svd(D.double())
-    return U.to(D.dtype), Vh.transpose(-2, -1).to(D.dtype)
+    # The SVD is tiny (n1 x n1 or n2 x n2): do it in float64 so the polar factor is orthogonal to ~1e-15, and
+    # on the CPU: on a GPU it would be a cuSOLVER call that syncs the host anyway and is slow at this size.
+    # Non-finite entries (weights that diverged; the training loop reports that at its next check) are
+    # zeroed so the update yields an orthogonal matrix instead of an exception from inside the SVD.
+    Dc = D.detach().to("cpu", torch.float64)
+    Dc = torch.where(torch.isfinite(Dc), Dc, torch.zeros((), dtype=Dc.dtype))
+    U, _, Vh = torch.linalg.svd(Dc)
+    return U.to(D.device, D.dtype), Vh.transpose(-2, -1).to(D.device, D.dtype)
 
 
 def r1_step(X: torch.Tensor, B: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:

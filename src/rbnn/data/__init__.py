@@ -29,7 +29,8 @@ Augmentation (``data.augment``; None = the dataset default): cifar10 -> pad-4 ra
 (on by default); imagenet -> RandomResizedCrop + flip (on by default); fashion-mnist / idx / synthetic ->
 pad-2 crop + flip when turned on (off by default); mnist -> pad-2 crop only (flipping digits changes them).
 
-``data.workers`` applies to ``imagenet`` only: the in-memory loaders build each batch with a few tensor ops in
+``data.workers`` applies to ``imagenet`` only (-1, the default: from the CPU count, see
+``rbnn.data.imagefolder.default_workers``; 0: decode in the training process): the in-memory loaders build each batch with a few tensor ops in
 the calling process (on one intra-op thread, see ``rbnn.data.loader.single_thread``), faster than a pool.
 
 ``data.image_size`` for the in-memory datasets: 0 or the native size keeps the images; another value
@@ -223,8 +224,11 @@ def _per_rank(batch: int, world_size: int, key: str) -> int:
 
 
 def build_loaders(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, rank: int = 0,
-                  world_size: int = 1) -> tuple[Loader, Loader, DatasetInfo]:
-    """Train and test loaders for this rank plus the dataset's description (see the module docstring)."""
+                  world_size: int = 1, device: torch.device | str | None = None
+                  ) -> tuple[Loader, Loader, DatasetInfo]:
+    """Train and test loaders for this rank plus the dataset's description (see the module docstring).
+    ``device``: where the image-folder loaders deliver their batches (pinned, asynchronous copies on CUDA);
+    the in-memory loaders always yield CPU batches."""
     if cfg.name not in DATASETS:
         raise DataError(f"unknown dataset data.name={cfg.name!r}: expected one of {', '.join(DATASETS)}")
     bs = _per_rank(batch_size, world_size, "batch_size")
@@ -243,10 +247,10 @@ def build_loaders(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: 
         train_ds.samples = train_ds.samples[:ntr]
         val_ds.samples = val_ds.samples[:nte]
         train = FolderLoader(train_ds, bs, mean=IMAGENET_MEAN, std=IMAGENET_STD, train=True,
-                             workers=cfg.workers, global_batch_size=batch_size, **common)
+                             workers=cfg.workers, global_batch_size=batch_size, device=device, **common)
         test = FolderLoader(val_ds, ebs, mean=IMAGENET_MEAN, std=IMAGENET_STD, train=False,
                             workers=cfg.workers, drop_last=cfg.drop_last_test,
-                            global_batch_size=eval_batch_size, **common)
+                            global_batch_size=eval_batch_size, device=device, **common)
         info = DatasetInfo("imagenet", len(classes), (3, size, size), ntr, nte, IMAGENET_MEAN, IMAGENET_STD,
                            tuple(classes))
         return train, test, info

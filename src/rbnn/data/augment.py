@@ -53,14 +53,22 @@ def random_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (0..255) or float (0..1) batch -> float32 ``(x/255 - mean) / std`` per channel."""
+    return apply_normalization(x, *normalization_constants(mean, std, uint8=x.dtype == torch.uint8))
+
+
+def normalization_constants(mean, std, uint8: bool = True, device: torch.device | str | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with ``normalize(x) == x * scale - shift``; made once per loader on its device, so a
+    batch normalized on a GPU copies nothing from the host."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    if x.dtype == torch.uint8:
-        scale = 1.0 / (255.0 * std_t)
-    else:
-        scale = 1.0 / std_t
+    scale = 1.0 / (255.0 * std_t) if uint8 else 1.0 / std_t
+    return scale.to(device), (mean_t / std_t).to(device)
+
+
+def apply_normalization(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     out = x.to(torch.float32)
-    out.mul_(scale).sub_(mean_t / std_t)
+    out.mul_(scale).sub_(shift)
     return out
 
 

@@ -8,7 +8,10 @@ torchvision):
 * val (and train without augmentation): resize the shorter side to ``int(size * 256 / 224)``, then a
   center crop of ``size`` x ``size``.
 
-Workers return uint8 CHW tensors; the loader normalizes whole batches. The random parameters of each
+Workers return uint8 CHW tensors (4x less to move between processes and to the device than float32). Given a
+CUDA ``device``, batches are collated into pinned memory, copied with ``non_blocking=True`` and normalized on
+the device; worker processes persist across epochs (no re-fork and re-import per epoch). ``data.workers=-1``
+takes the worker count from the CPU count (:func:`default_workers`). The random parameters of each
 sample come from a seed computed from ``(seed, epoch, position in the epoch)`` that the batch sampler hands
 to the dataset, so an epoch is reproduced exactly whatever the number of workers. Labels are the indices of
 the sorted class folder names of ``train``; a broken image raises a one-line ``DataError`` naming the file.
@@ -26,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
-from .augment import normalize
+from .augment import apply_normalization, normalization_constants
 from .loader import mix_seed, num_batches, shard_indices, shard_size, single_thread
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -180,13 +183,26 @@ class EpochBatchSampler:
             yield [(idx[p], mix_seed(base, p)) for p in pos]
 
 
+def default_workers(workers: int = -1) -> int:
+    """``workers`` when >= 0; for -1 the CPUs this process may use, shared by the ranks on this machine
+    (``LOCAL_WORLD_SIZE``), minus one for the training process itself."""
+    if workers >= 0:
+        return workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(per_rank - 1, 32))
+
+
 class FolderLoader:
     """Loader over an :class:`ImageFolder`: ``set_epoch``, ``__len__``, ``batch_size``; yields normalized
-    float32 (N, 3, S, S) batches and int64 labels."""
+    float32 (N, 3, S, S) batches (on ``device`` when given) and int64 labels."""
 
     def __init__(self, dataset: ImageFolder, batch_size: int, *, mean, std, train: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1, workers: int = 0, drop_last: bool = False,
-                 global_batch_size: int | None = None):
+                 global_batch_size: int | None = None, device: torch.device | str | None = None):
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.global_batch_size = int(global_batch_size or batch_size * world_size)
@@ -195,10 +211,13 @@ class FolderLoader:
         self.sampler = EpochBatchSampler(len(dataset), self.batch_size, train=train, seed=seed, rank=rank,
                                          world_size=world_size, drop_last=drop_last)
         self.num_samples = self.sampler.num_samples
-        self.workers = int(workers)
+        self.workers = default_workers(int(workers))
+        self.device = torch.device(device) if device is not None else None
+        pin = self.device is not None and self.device.type == "cuda"
+        self._norm = normalization_constants(self.mean, self.std, uint8=True, device=self.device)
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=self.workers, collate_fn=_collate,
-            persistent_workers=False, prefetch_factor=4 if self.workers > 0 else None,
+            pin_memory=pin, persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
             worker_init_fn=_worker_init if self.workers > 0 else None)
 
     @property
@@ -220,8 +239,10 @@ class FolderLoader:
         for x, y, err in self._loader:
             if err:
                 raise DataError(err)
+            if self.device is not None:  # uint8 over the bus (pinned: asynchronous), float32 made there
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with single_thread():
-                x = normalize(x, self.mean, self.std)
+                x = apply_normalization(x, *self._norm)
             yield x, y
 
     def __repr__(self) -> str:
@@ -247,5 +268,5 @@ def build_folder_datasets(root: str | Path, size: int, augment: bool):
     return train, val, classes
 
 
-__all__ = ["ImageFolder", "FolderLoader", "EpochBatchSampler", "build_folder_datasets", "train_transform",
+__all__ = ["ImageFolder", "FolderLoader", "default_workers", "EpochBatchSampler", "build_folder_datasets", "train_transform",
            "val_transform", "random_resized_crop_box"]

@@ -29,11 +29,32 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
 
 
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _flat(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, -1) view of ``t`` without a copy: a channels_last tensor is flattened in its memory order (NHWC),
+    which per-sample reductions do not see; ``reshape(N, -1)`` would copy it into NCHW order. ``like``
+    decides the order, so two tensors flattened like the same one line up element for element."""
+    if _channels_last(t if like is None else like):
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(t.shape[0], -1)
+
+
+def _unflat(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_flat`: ``like``'s shape and memory format."""
+    if _channels_last(like):
+        n, c, h, w = like.shape
+        return flat.reshape(n, h, w, c).permute(0, 3, 1, 2)
+    return flat.reshape(like.shape)
+
+
 class StandardizedSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, estimator: str, zero: int, eps: float, t, k):
         n = a[0].numel()
-        flat = a.reshape(a.shape[0], -1)
+        flat = _flat(a)
         mean = flat.mean(dim=1, keepdim=True)
         # a - (+0.0) keeps a = -0.0 as -0.0, which copysign would send to -1; subtracting -0.0 instead gives
         # +0.0 for both zeros and changes nothing else. (No host sync: this runs on every layer every step.)
@@ -41,7 +62,7 @@ class StandardizedSign(torch.autograd.Function):
         c = flat - mean
         std = torch.linalg.vector_norm(c, dim=1) / math.sqrt(n - 1)  # unbiased, one fast reduction
         s = std + eps if eps else std
-        c = c.reshape(a.shape)
+        c = _unflat(c, a)
         # sign(c / s) == sign(c) for s > 0. For a constant map with eps = 0 the reference computes sign(0/0):
         # torch.sign(nan) = 0 = sign(c) in the faithful sign(0)=0 mode, so no special case is needed there
         # (sign(0)=+1 together with eps = 0 is not a shipped recipe; it gives +1 here).
@@ -66,7 +87,7 @@ class StandardizedSign(torch.autograd.Function):
         else:
             u = surrogate_grad(c / _per_sample(s, c), ctx.estimator, t, k).mul_(g)
             beta = torch.ones_like(s)
-        u_flat, c_flat = u.reshape(nb, -1), c.reshape(nb, -1)
+        u_flat, c_flat = _flat(u, c), _flat(c)
         gh_mean = beta * u_flat.mean(dim=1)
         dot = beta * torch.linalg.vecdot(u_flat, c_flat, dim=1)
         denom = s * s * std * (ctx.n - 1)
@@ -74,7 +95,7 @@ class StandardizedSign(torch.autograd.Function):
         # grad = (beta u - mean(gh)) / s - c * coef
         grad = u_flat.mul_((beta / s).unsqueeze(1)).addcmul_(c_flat, coef.unsqueeze(1), value=-1.0)
         grad.sub_((gh_mean / s).unsqueeze(1))
-        return grad.reshape(c.shape), None, None, None, None, None
+        return _unflat(grad, c), None, None, None, None, None
 
 
 def standardized_sign(a: torch.Tensor, estimator: str, zero: int = 1, eps: float = 0.0,

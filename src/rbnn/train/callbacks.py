@@ -12,6 +12,8 @@ from torch import nn
 
 from ..diagnostics.weights import cos_to_sign, flip_rate, quantization_error
 from ..nn.layers import BinaryMixin, binary_modules
+from ..nn.rebnn import ReBNNMixin
+from ..nn.rebnn import after_backward as rebnn_after_backward
 from ..rotation import factorize, haar_orthogonal, orthogonality_error, rotate
 from . import distributed as dist_utils
 
@@ -85,12 +87,17 @@ class RotationUpdate(Callback):
 
 
 class ModuleHooks(Callback):
-    """Calls ``on_after_backward()`` / ``on_optimizer_step()`` on modules that define them (e.g. ReBNN's γ)."""
+    """Calls ``on_after_backward()`` on modules that define it; the ReBNN layers' (γ) all at once, so that under
+    DDP their gradient maxima travel in one all-reduce."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.after_backward = [m for m in model.modules() if hasattr(m, "on_after_backward")]
+        hooked = [m for m in model.modules() if hasattr(m, "on_after_backward")]
+        self.rebnn = [m for m in hooked if isinstance(m, ReBNNMixin)]
+        self.after_backward = [m for m in hooked if not isinstance(m, ReBNNMixin)]
 
     def on_after_backward(self, model: nn.Module) -> None:
+        if self.rebnn:
+            rebnn_after_backward(self.rebnn)
         for m in self.after_backward:
             m.on_after_backward()
 

@@ -86,6 +86,19 @@ def broadcast_(t: torch.Tensor, src: int = 0) -> None:
         dist.broadcast(t, src)
 
 
+def broadcast_batchnorm_stats(model: torch.nn.Module, src: int = 0) -> None:
+    """Rank ``src``'s BatchNorm running statistics on every rank. DDP broadcasts buffers *before* each forward,
+    so after the last training step every rank holds its own half-batch's update; evaluating (and exporting)
+    with those would give each rank a different model."""
+    if not is_distributed():
+        return
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
+                if buf is not None:
+                    broadcast_(buf, src)
+
+
 def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
     if not is_distributed():
         return list(values)

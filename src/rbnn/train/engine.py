@@ -36,6 +36,7 @@ from . import distributed as dist_utils
 from .callbacks import Callback, ModuleHooks, RotationUpdate, SurrogateSchedule, WeightDiagnostics
 from .logging import MetricsLog, check_tensorboard, progress
 from .optim import build_optimizer, lr_factor, set_lr
+from .steps import StepWindow, finite_weights, resolve_every
 
 log = logging.getLogger("rbnn")
 
@@ -68,27 +69,35 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {name!r}") from None
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none",
              progress_enabled: bool | None = None) -> dict[str, float]:
     model.eval()
-    loss_sum, correct, correct5, n = 0.0, 0.0, 0.0, 0.0
+    sums, n = torch.zeros(3, dtype=torch.float64, device=device), 0.0  # on the device: no sync per batch
     for x, y in progress(loader, len(loader), "eval", progress_enabled):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, amp):
             out = model(x)
         out = out.float()
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
         top = out.topk(min(5, out.shape[1]), dim=1).indices
-        correct += float((top[:, 0] == y).sum())
-        correct5 += float((top == y[:, None]).any(1).sum())
+        sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), (top[:, 0] == y).sum().double(),
+                             (top == y[:, None]).any(1).sum().double()])
         n += y.numel()
-    loss_sum, correct, correct5, n = dist_utils.all_reduce_sum([loss_sum, correct, correct5, n], device)
+    loss_sum, correct, correct5, n = dist_utils.all_reduce_sum([*sums.tolist(), n], device)
     n = max(n, 1.0)
     return {"loss": loss_sum / n, "acc": correct / n, "top5": correct5 / n, "n": n}
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """cuDNN's autotuner picks the fastest convolution algorithms for the (fixed) shapes of a run, unless the
+    run must be deterministic (the autotuner's choice may differ between runs)."""
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
 
 def _autocast(device: torch.device, amp: str):
@@ -137,7 +146,8 @@ def build_callbacks(model: nn.Module, cfg: Config) -> list[Callback]:
         from ..diagnostics.oscillation import oscillation_callbacks
 
         cbs.append(WeightDiagnostics(model, seed=cfg.seed))
-        cbs.extend(oscillation_callbacks(model, cfg))
+        device = next(model.parameters()).device
+        cbs.extend(oscillation_callbacks(model, cfg, resolve_every(cfg.diagnostics_every, device, 20)))
     extra = getattr(model, "training_callbacks", None)
     if callable(extra):
         cbs.extend(extra(cfg))
@@ -202,6 +212,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
     rank, world = dist_utils.rank(), dist_utils.world_size()
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist_utils.local_rank())  # one GPU per process
+    configure_backends(device, cfg.deterministic)
     if world > 1 and cfg.sync_bn and device.type == "cpu":
         raise ConfigError("config key 'sync_bn': true needs CUDA devices (torch's SyncBatchNorm does not run "
                           "on CPU); use sync_bn=false with device=cpu")
@@ -215,7 +226,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
         check_tensorboard()
 
     train_loader, test_loader, info = build_loaders(cfg.data, cfg.batch_size, cfg.eval_batch_size, cfg.seed,
-                                                    rank=rank, world_size=world)
+                                                    rank=rank, world_size=world, device=device)
     if len(train_loader) == 0 or info.test_size == 0:
         raise DataError(f"data {info.name}: {info.train_size} training and {info.test_size} test images; need "
                         f"at least one test image and one batch of {cfg.batch_size} (lower batch_size or raise "
@@ -277,6 +288,16 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
             return list(flags)
         return [v > 0 for v in dist_utils.all_reduce_sum([float(f) for f in flags], device)]
 
+    def diverged(epoch: int, b: int) -> TrainingDiverged:
+        """Non-finite loss or weights, found at the sync point after batch ``b``; nothing is written."""
+        last_pt = run_dir / "last.pt"
+        kept = f"the last good checkpoint {last_pt} is unchanged" if last_pt.is_file() else "no checkpoint was written"
+        first = window.first_bad
+        what = (f"loss became {first[1]} at epoch {epoch + 1} batch {first[0] + 1}" if first is not None else
+                f"a non-finite loss (on another rank) or weight was found at epoch {epoch + 1}")
+        return TrainingDiverged(f"{what} (checked after batch {b + 1}, every {sync_every} steps); stopped, {kept} "
+                                "(lower optim.lr or check the data)")
+
     def stopped(epoch: int, where: str) -> Interrupted:
         signum = stop.signal or signal.SIGTERM
         name = signal.Signals(signum).name
@@ -285,19 +306,21 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
 
     log.info("run %s: %s / %s on %s, %d train / %d test images, %d epochs", run_dir, cfg.model,
              cfg.method.name, info.name, info.train_size, info.test_size, cfg.epochs)
+    sync_every = resolve_every(cfg.sync_every, device, 50)
+    window = StepWindow(sync_every, device)
     with _StopFlag() as stop:
         end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
         if in_epoch is not None and start_epoch < cfg.epochs:
             end_epoch = max(end_epoch, start_epoch + 1)
         for epoch in range(start_epoch, end_epoch):
             skip, seconds_before = 0, 0.0
-            loss_sum, aux_sum, correct, seen = 0.0, 0.0, 0.0, 0.0
+            window.start_epoch()
             if in_epoch is not None and epoch == start_epoch:
                 for cb in callbacks:
                     _reenter_epoch(cb, epoch, cfg.epochs)
                 skip, seconds_before = int(in_epoch["batches_done"]), float(in_epoch["seconds"])
                 if main:  # rank 0 carries the (all-reduced) partial sums, the others restart theirs at 0
-                    loss_sum, aux_sum, correct, seen = (float(v) for v in in_epoch["sums"])
+                    window.start_epoch(in_epoch["sums"])
             else:
                 for cb in callbacks:
                     cb.on_epoch_start(epoch, cfg.epochs)
@@ -327,16 +350,6 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
                         task = (1 - cfg.distill.weight) * task + cfg.distill.weight * kd
                     aux = sum((m.auxiliary_loss() for m in aux_modules), torch.zeros((), device=device))
                 loss = task + aux
-                bad = not bool(torch.isfinite(loss.detach()))
-                if world > 1:  # every rank must stop at the same step, or the others hang in all-reduce
-                    bad = agree(bad)[0]
-                if bad:
-                    last_pt = run_dir / "last.pt"
-                    kept = (f"the last good checkpoint {last_pt} is unchanged" if last_pt.is_file()
-                            else "no checkpoint was written")
-                    raise TrainingDiverged(
-                        f"loss became {float(loss.detach())} at epoch {epoch + 1} batch {b + 1}; stopped, {kept} "
-                        f"(lower optim.lr or check the data)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for cb in callbacks:
@@ -344,18 +357,24 @@ def _train(cfg: Config, resume: bool, overwrite: bool, stop_after_epochs: int | 
                 optimizer.step()
                 for cb in callbacks:
                     cb.on_step_end(epoch, b)
-                loss_sum += float(task.detach()) * y.numel()
-                aux_sum += float(aux.detach()) * y.numel()
-                correct += float((out.argmax(1) == y).sum())
-                seen += y.numel()
-                if agree(stop.signal is not None)[0]:
-                    sums = dist_utils.all_reduce_sum([loss_sum, aux_sum, correct, seen], device)
+                window.record(b, loss, task, aux, (out.argmax(1) == y).sum(), y.numel())
+                # the stop flag is free to read in one process; under DDP it waits for the next sync point
+                here = world == 1 and stop.signal is not None
+                if not (here or window.full() or b + 1 == steps):
+                    continue
+                bad, stop_now = window.sync(stop.signal is not None)  # the one host sync of these steps
+                if bad or ((stop_now or b + 1 == steps) and not finite_weights(model)):
+                    raise diverged(epoch, b)
+                if stop_now:
+                    sums = dist_utils.all_reduce_sum(window.sums, device)
                     checkpoint(epoch, in_epoch={"batches_done": b + 1, "sums": sums,
                                                 "seconds": seconds_before + time.perf_counter() - t0})
                     raise stopped(epoch, f"after batch {b + 1}/{steps} of epoch {epoch + 1}")
             epoch_seconds = seconds_before + time.perf_counter() - t0
             train_seconds += epoch_seconds
-            loss_sum, aux_sum, correct, seen = dist_utils.all_reduce_sum([loss_sum, aux_sum, correct, seen], device)
+            loss_sum, aux_sum, correct, seen = dist_utils.all_reduce_sum(window.sums, device)
+            if world > 1:  # each rank's BatchNorm saw its own last half-batch: evaluate rank 0's statistics
+                dist_utils.broadcast_batchnorm_stats(model)
             ev = evaluate(model, test_loader, device, cfg.amp, cfg.progress and main)
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,

@@ -9,6 +9,9 @@ from a clean interpreter, and a child that dies (even ``kill -9``) is seen at on
 SIGTERM / SIGINT sent to the launcher are forwarded to every child; the children agree on the step at which
 they stop, rank 0 writes a mid-epoch checkpoint, and all exit (see ``docs/reliability.md``). If one child
 fails, the others are terminated. The exit status is the first failing child's (0 when all succeed).
+
+Each child gets ``OMP_NUM_THREADS`` = its share of the CPUs (unless the caller's environment sets it): N
+processes each opening an OpenMP pool as wide as the machine oversubscribe the cores N-fold (torchrun sets 1).
 """
 
 from __future__ import annotations
@@ -47,6 +50,16 @@ def launch_distributed(args: argparse.Namespace, nproc: int | None = None) -> in
     return spawn(child_command(args), nproc)
 
 
+def omp_threads(nproc: int, cpus: int | None = None) -> int:
+    """Intra-op threads per rank: the CPUs this process may use divided among ``nproc`` ranks (at least 1)."""
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, nproc))
+
+
 def spawn(cmd: list[str], nproc: int, env: dict[str, str] | None = None) -> int:
     """Run ``cmd`` as ranks 0..nproc-1 of one process group on this machine; returns the first failure's
     exit status (0 when every rank succeeds)."""
@@ -54,6 +67,7 @@ def spawn(cmd: list[str], nproc: int, env: dict[str, str] | None = None) -> int:
     procs: list[subprocess.Popen] = []
     base = dict(os.environ if env is None else env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                 WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", NODE_RANK="0")
+    base.setdefault("OMP_NUM_THREADS", str(omp_threads(nproc)))
     for r in range(nproc):
         env = dict(base, RANK=str(r), LOCAL_RANK=str(r))
         procs.append(subprocess.Popen(cmd, env=env))
