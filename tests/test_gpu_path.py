@@ -334,7 +334,7 @@ def test_rebnn_gamma_uses_one_all_reduce_for_all_layers(monkeypatch):
     model(x).square().sum().backward()
     # the per-layer path, on a copy of every layer's stash, gives the reference γ
     expected = {}
-    for name, m in layers:
+    for _, m in layers:
         m.prev_sign.mul_(-1)  # make flips happen so γ depends on the gradient maxima
     for name, m in layers:
         twin = {k: v.clone() for k, v in m._rebnn_stash.items()}

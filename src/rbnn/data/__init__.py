@@ -30,8 +30,9 @@ Augmentation (``data.augment``; None = the dataset default): cifar10 -> pad-4 ra
 pad-2 crop + flip when turned on (off by default); mnist -> pad-2 crop only (flipping digits changes them).
 
 ``data.workers`` applies to ``imagenet`` only (-1, the default: from the CPU count, see
-``rbnn.data.imagefolder.default_workers``; 0: decode in the training process): the in-memory loaders build each batch with a few tensor ops in
-the calling process (on one intra-op thread, see ``rbnn.data.loader.single_thread``), faster than a pool.
+``rbnn.data.imagefolder.default_workers``; 0: decode in the training process): the in-memory loaders build
+each batch with a few tensor ops in the calling process (on one intra-op thread, see
+``rbnn.data.loader.single_thread``), faster than a pool.
 
 ``data.image_size`` for the in-memory datasets: 0 or the native size keeps the images; another value
 resizes them once at load time (bilinear, antialiased), e.g. 32 to feed 28x28 data to a CIFAR network.

@@ -268,5 +268,5 @@ def build_folder_datasets(root: str | Path, size: int, augment: bool):
     return train, val, classes
 
 
-__all__ = ["ImageFolder", "FolderLoader", "default_workers", "EpochBatchSampler", "build_folder_datasets", "train_transform",
-           "val_transform", "random_resized_crop_box"]
+__all__ = ["ImageFolder", "FolderLoader", "default_workers", "EpochBatchSampler", "build_folder_datasets",
+           "train_transform", "val_transform", "random_resized_crop_box"]

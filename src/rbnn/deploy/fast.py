@@ -148,8 +148,8 @@ def bconv_kernel(
     """Binary conv of row windows ``xw`` (from :func:`pack_rows`) with ``wblk`` (O/8, KH·Rw, 8) (``wrow``: the
     same weights as (O, KH·Rw), for 3, 6 or 9 operand words per output, kept in registers) into float
     ``out`` (N, Ho, Wo, O): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to
-    [lo, hi])``, ``mul`` and ``add`` float64. ``wpop`` (KH·KW, O) int32 holds the popcount of every weight tap (for the border correction,
-    contiguous along O so that it vectorizes)."""
+    [lo, hi])``, ``mul`` and ``add`` float64. ``wpop`` (KH·KW, O) int32 holds the popcount of every weight tap
+    (for the border correction, contiguous along O so that it vectorizes)."""
     n_, hp, wq, rw = xw.shape
     nb, kd, _ = wblk.shape
     o_ = out.shape[3]

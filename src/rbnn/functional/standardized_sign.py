@@ -78,7 +78,6 @@ class StandardizedSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         c, std, s, t, k = ctx.saved_tensors
-        nb = c.shape[0]
         if ctx.estimator == "rbnn":
             # k * max(0, sqrt2 t - t^2 |c| / s) = beta * min(0, |c| - sqrt2 s / t) with beta = -k t^2 / s:
             # four in-place passes; the per-sample beta is applied to the reductions and the final scale
