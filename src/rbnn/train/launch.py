@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from ..config import load_config
 from .distributed import free_port
 
 
@@ -43,8 +44,6 @@ def child_command(args: argparse.Namespace) -> list[str]:
 
 def launch_distributed(args: argparse.Namespace, nproc: int | None = None) -> int:
     """Run the parsed ``rbnn train`` command line in ``nproc`` (default: the config's) local processes."""
-    from ..config import load_config
-
     if nproc is None:
         nproc = load_config(args.config, args.overrides).nproc
     return spawn(child_command(args), nproc)
