@@ -174,7 +174,8 @@ def test_every_recipe_field_is_a_method_key(f):
 
 
 def test_unknown_recipe_field_and_legacy_method_section():
-    with pytest.raises(ConfigError, match="unknown config key 'method.bogus' .*valid keys here: name, skip, recipe, weight_transform"):
+    listed = "valid keys here: name, skip, recipe, weight_transform"
+    with pytest.raises(ConfigError, match=f"unknown config key 'method.bogus' .*{listed}"):
         load_config(None, ["method.bogus=1"])
     with pytest.raises(ConfigError, match="config key 'method.rotation': expected true/false, got 'maybe'"):
         load_config(None, ["method.rotation=maybe"])
