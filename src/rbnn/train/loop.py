@@ -287,8 +287,9 @@ class Trainer:
                                              "seconds": seconds_before + time.perf_counter() - t0})
             raise self.stopped(f"after batch {b + 1}/{self.steps} of epoch {epoch + 1}")
 
-    def _epoch_row(self, epoch: int, lr: float, epoch_seconds: float) -> dict[str, Any]:
-        """Evaluate and build the epoch's metrics row (the same on every rank: all values are all-reduced)."""
+    def _epoch_row(self, epoch: int, lr: float, epoch_seconds: float) -> tuple[dict[str, Any], dict[str, float]]:
+        """Evaluate and build the epoch's metrics row (the same on every rank: all values are all-reduced);
+        returns the row and the evaluation."""
         loss_sum, aux_sum, correct, seen = dist_utils.all_reduce_sum(self.window.sums, self.device)
         if self.world > 1:  # each rank's BatchNorm saw its own last half-batch: evaluate rank 0's statistics
             dist_utils.broadcast_batchnorm_stats(self.model)
@@ -302,17 +303,17 @@ class Trainer:
             row["aux_loss"] = aux_sum / seen
         for cb in self.callbacks:
             row.update(cb.on_epoch_end(epoch))
-        return row
+        return row, ev
 
     def _end_epoch(self, epoch: int, lr: float, epoch_seconds: float, end_epoch: int) -> None:
         """Metrics row, best and last checkpoints, then metrics.csv (never ahead of last.pt); a signal that
         arrived during evaluation stops here."""
         st, cfg = self.state, self.cfg
         st.train_seconds += epoch_seconds
-        row = self._epoch_row(epoch, lr, epoch_seconds)
+        row, ev = self._epoch_row(epoch, lr, epoch_seconds)
         self.metrics.rows.append(row)
-        if row["test_acc"] > st.best_acc:
-            st.best_acc, st.best_epoch = row["test_acc"], epoch + 1
+        if ev["acc"] > st.best_acc:
+            st.best_acc, st.best_epoch = ev["acc"], epoch + 1
             self.checkpoint(epoch + 1, "best.pt")
         saved = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         if saved:
@@ -325,5 +326,4 @@ class Trainer:
                 self.checkpoint(epoch + 1)
             raise self.stopped(f"at the end of epoch {epoch + 1}")
         log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  (%.0f img/s)", epoch + 1,
-                 cfg.epochs, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
-                 row["train_img_per_s"])
+                 cfg.epochs, row["train_loss"], row["train_acc"], ev["loss"], ev["acc"], row["train_img_per_s"])
