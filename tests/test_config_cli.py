@@ -1,5 +1,6 @@
 """Config parsing/validation, optimizer groups, lr schedules, and CLI error handling."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 from rbnn.cli import main
-from rbnn.config import ScheduleConfig, load_config
+from rbnn.config import ScheduleConfig, dump_yaml, from_dict, load_config, to_dict
 from rbnn.errors import ConfigError
-from rbnn.methods import prepare
+from rbnn.methods import get_recipe, prepare
 from rbnn.models import create
+from rbnn.nn.recipe import BinaryRecipe
 from rbnn.train.optim import build_optimizer, lr_factor
 
 
@@ -18,7 +20,7 @@ def test_overrides_and_section_shorthand(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model: resnet20\nmethod: {name: irnet, eps: 1.0e-5}\noptim: {lr: 0.05}\n")
     cfg = load_config(f, ["method=xnor", "data.subset=100", "optim.no_decay=*theta,*.scale", "epochs=2"])
-    assert cfg.model == "resnet20" and cfg.method.name == "xnor" and cfg.method.eps == 1e-5
+    assert cfg.model == "resnet20" and cfg.method.name == "xnor" and cfg.method.recipe == {"eps": 1e-5}
     assert cfg.optim.lr == 0.05 and cfg.data.subset == 100 and cfg.optim.no_decay == ["*theta", "*.scale"]
 
 
@@ -131,3 +133,70 @@ def test_method_recipe_overrides_reach_the_layers():
     r = next(mod.recipe for mod in m.modules() if hasattr(mod, "recipe"))
     assert (r.act_transform, r.weight_scale, r.eps, r.rotation) == ("none", "pow2", 0.5, True)
     assert load_config(None, ["method=rbnn"]).method.recipe_overrides() == {}
+
+
+def _other_value(f: dataclasses.Field):
+    """A valid value of recipe field ``f`` that differs from its default (checked by BinaryRecipe itself)."""
+    import rbnn.nn.recipe as recipe_module
+
+    words = [w for v in vars(recipe_module).values() if isinstance(v, tuple) for w in v if isinstance(w, str)]
+    d = f.default
+    if isinstance(d, bool):
+        candidates = [not d]
+    elif isinstance(d, int):
+        candidates = [d + 1, d - 1]
+    elif isinstance(d, float):
+        candidates = [d + 0.25]
+    else:
+        candidates = [*words, "constant", None]
+    for c in candidates:
+        if c != d:
+            try:
+                BinaryRecipe(**{f.name: c})
+            except ValueError:
+                continue
+            return c
+    raise AssertionError(f"no other valid value for {f.name}")
+
+
+@pytest.mark.parametrize("f", dataclasses.fields(BinaryRecipe), ids=lambda f: f.name)
+def test_every_recipe_field_is_a_method_key(f):
+    # every BinaryRecipe field, not only those a config class mirrors, can be set from the command line, is
+    # typed as the recipe types it, reaches the recipe, and survives the run's config.yaml / checkpoint
+    value = _other_value(f)
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    cfg = load_config(None, ["method=irnet", f"method.{f.name}={text}"])
+    assert cfg.method.recipe_overrides() == {f.name: value}
+    assert type(cfg.method.recipe[f.name]) is type(value)
+    assert getattr(get_recipe("irnet", **cfg.method.recipe_overrides()), f.name) == value != f.default
+    assert from_dict(to_dict(cfg)) == cfg and f"{f.name}: " in dump_yaml(cfg)
+    assert load_config(None, ["method=irnet", f"method.recipe.{f.name}={text}"]) == cfg
+
+
+def test_unknown_recipe_field_and_legacy_method_section():
+    listed = "valid keys here: name, skip, recipe, weight_transform"
+    with pytest.raises(ConfigError, match=f"unknown config key 'method.bogus' .*{listed}"):
+        load_config(None, ["method.bogus=1"])
+    with pytest.raises(ConfigError, match="config key 'method.rotation': expected true/false, got 'maybe'"):
+        load_config(None, ["method.rotation=maybe"])
+    # null is a value (real activations, W1A32), not "unset": it must reach the recipe
+    cfg = load_config(None, ["method=irnet", "method.act_estimator=null"])
+    assert cfg.method.recipe == {"act_estimator": None}
+    assert get_recipe("irnet", **cfg.method.recipe_overrides()).act_estimator is None
+    # a config.yaml written when MethodConfig mirrored some fields, null / "" meaning "the recipe's own"
+    legacy = to_dict(load_config(None, ["method=rbnn", "method.eps=0.5"]))
+    legacy["method"] = {"name": "rbnn", "weight_estimator": None, "act_estimator": None, "act_transform": "",
+                        "weight_scale": "", "zero": None, "eps": 0.5, "t_min": None, "t_max": None,
+                        "rotation_grad": None, "rotation_cycles": None, "rotation_period": None,
+                        "rotation_every_steps": None, "theta_init": None, "scale_init": None, "gamma_mode": None,
+                        "gamma": None, "skip": None}
+    assert from_dict(legacy).method.recipe_overrides() == {"eps": 0.5}
+
+
+def test_resume_sees_a_recipe_override_set_in_only_one_of_the_configs():
+    from rbnn.train.engine import config_differences
+
+    saved, now = load_config(None, ["method=irnet", "method.eps=0.5"]), load_config(None, ["method=irnet"])
+    assert config_differences(saved, now) == ["method.eps"]  # stored only when set: absent now is a difference
+    assert config_differences(now, saved) == ["method.eps"]
+    assert config_differences(saved, saved) == []

@@ -15,8 +15,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +140,37 @@ def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
                                         f"out={tmp_path / 'r'}"]))
     assert s["device"] == "cpu" and math.isfinite(s["final_train_loss"])
     assert 0.0 <= s["test_acc"] <= 1.0
+
+
+RANK_WORKER = textwrap.dedent("""
+    import os, pathlib, signal, sys, time
+    out, mode, rank = pathlib.Path(sys.argv[1]), sys.argv[2], os.environ["RANK"]
+    signal.signal(signal.SIGTERM, lambda s, f: (out.joinpath("term" + rank).write_text(str(s)), sys.exit(128 + s)))
+    out.joinpath("up" + rank).write_text("")
+    if mode == "fail" and rank == "1":
+        sys.exit(7)
+    time.sleep(60)
+""")
+
+
+def test_launcher_ends_the_other_ranks_when_one_fails(tmp_path):
+    t0 = time.monotonic()
+    code = spawn([sys.executable, "-c", RANK_WORKER, str(tmp_path), "fail"], 2)
+    assert code == 7  # the failing rank's own status, not torchrun's 1
+    assert (tmp_path / "term0").read_text() == str(int(signal.SIGTERM))  # rank 0 was stopped, not waited for
+    assert time.monotonic() - t0 < 30
+
+
+def test_launcher_forwards_sigterm_to_every_rank(tmp_path):
+    def send_when_up():
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"up{r}").exists() for r in range(2)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=send_when_up, daemon=True).start()
+    code = spawn([sys.executable, "-c", RANK_WORKER, str(tmp_path), "wait"], 2)
+    assert code == 128 + signal.SIGTERM
+    assert [(tmp_path / f"term{r}").read_text() for r in range(2)] == [str(int(signal.SIGTERM))] * 2
+    assert signal.getsignal(signal.SIGTERM) is before  # torch's launcher handlers do not outlive the launch

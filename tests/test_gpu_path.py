@@ -98,6 +98,7 @@ def test_callback_state_follows_the_model_after_a_load(method):
 # a step the GPU does not wait on: host syncs, sampled diagnostics, layouts, autocast, collectives
 import os  # noqa: E402
 import signal  # noqa: E402
+import sys  # noqa: E402
 
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
@@ -362,24 +363,18 @@ def test_cudnn_autotuner_on_cuda_unless_deterministic(monkeypatch):
     assert torch.backends.cudnn.benchmark is False
 
 
-def test_nproc_launcher_sets_omp_threads_per_rank(monkeypatch):
-    envs = []
-
-    class FakeProc:
-        def __init__(self, cmd, env):
-            envs.append(env)
-
-        def poll(self):
-            return 0
-
-    monkeypatch.setattr(launch.subprocess, "Popen", FakeProc)
+def test_nproc_launcher_sets_omp_threads_per_rank(monkeypatch, tmp_path):
+    # real ranks started by torch's launcher: each writes what it got
+    worker = ("import os, pathlib, sys; e = os.environ; pathlib.Path(sys.argv[1], 'rank' + e['RANK']).write_text("
+              "' '.join([e['OMP_NUM_THREADS'], e['LOCAL_RANK'], e['WORLD_SIZE'], e['MASTER_ADDR']]))")
     monkeypatch.setattr(launch, "omp_threads", lambda nproc: 16 // nproc)
     base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    assert launch.spawn(["x"], 4, env=base) == 0
-    assert [e["OMP_NUM_THREADS"] for e in envs] == ["4"] * 4 and [e["RANK"] for e in envs] == ["0", "1", "2", "3"]
-    envs.clear()
-    assert launch.spawn(["x"], 2, env=dict(base, OMP_NUM_THREADS="3")) == 0  # the caller's choice wins
-    assert [e["OMP_NUM_THREADS"] for e in envs] == ["3", "3"]
+    assert launch.spawn([sys.executable, "-c", worker, str(tmp_path)], 4, env=base) == 0
+    got = [(tmp_path / f"rank{r}").read_text() for r in range(4)]
+    assert got == [f"4 {r} 4 127.0.0.1" for r in range(4)]
+    assert launch.spawn([sys.executable, "-c", worker, str(tmp_path)], 2, env=dict(base, OMP_NUM_THREADS="3")) == 0
+    assert [(tmp_path / f"rank{r}").read_text().split()[0] for r in range(2)] == ["3", "3"]  # the caller's wins
+    assert "OMP_NUM_THREADS" not in os.environ or os.environ["OMP_NUM_THREADS"] != "4"  # ours is untouched
     monkeypatch.undo()
     assert launch.omp_threads(3, cpus=16) == 5 and launch.omp_threads(4, cpus=2) == 1
 

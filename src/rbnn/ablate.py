@@ -7,6 +7,7 @@ Finished runs (with a summary.json) are reused, so an interrupted ablation conti
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import statistics
@@ -18,6 +19,8 @@ import yaml
 from .atomic import atomic_write_text
 from .config import Config, _apply, apply_model_defaults, apply_overrides, validate
 from .errors import ConfigError
+from .methods import METHODS
+from .train.engine import train
 
 DEFAULT_METHODS = ["fp", "xnor", "irnet", "rbnn-B", "rbnn-BR", "rbnn-BT", "rbnn-BTR", "rbnn"]
 
@@ -55,9 +58,6 @@ def run_ablation(cfg: Config, methods: list[str], seeds: int, out: Path, overwri
     """Train every (method, seed index < ``seeds``) run into OUT/METHOD-sSEED (finished runs are reused) and write
     results.md / results.csv. ``train_seeds``: train only these seed indices and take the others from disk when
     present, so several processes can share one ablation (e.g. ``--only-seeds 0,1`` and ``--only-seeds 2``)."""
-    from .methods import METHODS
-    from .train.engine import train
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"ablation: unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
@@ -74,7 +74,7 @@ def run_ablation(cfg: Config, methods: list[str], seeds: int, out: Path, overwri
                 continue  # another process trains this one
             else:
                 run_cfg = Config(**{**cfg.__dict__})
-                run_cfg.method = type(cfg.method)(**{**cfg.method.__dict__, "name": method})
+                run_cfg.method = dataclasses.replace(cfg.method, name=method, recipe=dict(cfg.method.recipe))
                 run_cfg.seed = cfg.seed + seed
                 run_cfg.out = str(run_dir)
                 # an interrupted run continues where it stopped; a finished one is re-run from scratch

@@ -21,6 +21,7 @@ import yaml
 
 from .errors import ConfigError
 from .models import model_defaults
+from .nn.recipe import BinaryRecipe
 
 
 @dataclass
@@ -37,33 +38,25 @@ class DataConfig:
     num_classes: int = 0  # synthetic data only: classes (0 = 10)
 
 
+# every BinaryRecipe field is a ``method.<field>`` key, with the recipe's own type
+RECIPE_TYPES: dict[str, Any] = typing.get_type_hints(BinaryRecipe)
+
+
 @dataclass
 class MethodConfig:
-    """A method from ``rbnn.methods`` plus optional overrides of its recipe fields (None = recipe default)."""
+    """A method from ``rbnn.methods`` plus overrides of any of its ``BinaryRecipe`` fields.
+
+    ``method.<field>=value`` (or ``method: {name: ..., <field>: value}`` in YAML) sets ``recipe[<field>]``,
+    coerced to the recipe field's type; a field not set keeps the method's own value. Only the set fields are
+    stored, so "unset" needs no special value (``weight_estimator=null`` and ``act_transform=none`` are values).
+    """
 
     name: str = "rbnn"
-    weight_estimator: str | None = None
-    act_estimator: str | None = None
-    # "" = the recipe's own; plain strings (not Optional) so that the recipe value "none" is not read as null
-    act_transform: str = ""  # e.g. none: RBNN without its per-sample activation standardization
-    weight_scale: str = ""  # e.g. pow2: RBNN with IR-Net's scale instead of the learned lambda
-    zero: int | None = None
-    eps: float | None = None
-    t_min: float | None = None
-    t_max: float | None = None
-    rotation_grad: str | None = None
-    rotation_cycles: int | None = None
-    rotation_period: int | None = None
-    rotation_every_steps: int | None = None
-    theta_init: float | None = None
-    scale_init: str | None = None  # weights | torch_default (RBNN's lambda at init)
-    gamma_mode: str | None = None
-    gamma: float | None = None
     skip: list[str] | None = None  # glob patterns of layers kept float (default: the model's float_layers)
+    recipe: dict[str, Any] = field(default_factory=dict)  # the overridden BinaryRecipe fields
 
     def recipe_overrides(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("name", "skip") and getattr(self, f.name) not in (None, "")}
+        return dict(self.recipe)
 
 
 @dataclass
@@ -133,10 +126,6 @@ class Config:
     diagnostics_every: int = 0
 
 
-SECTIONS = {"method": MethodConfig, "data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
-            "distill": DistillConfig}
-
-
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
@@ -150,14 +139,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         if isinstance(value, str) and value.lower() in ("null", "none", "~") and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, "
                           f"got {value!r}")
     if origin is list:
@@ -213,8 +201,12 @@ def _apply(obj: Any, key_path: list[str], value: Any, full_key: str) -> None:
     cls = type(obj)
     hints = _hints(cls)
     head = key_path[0]
+    if isinstance(obj, MethodConfig) and (head in RECIPE_TYPES or head == "recipe"):
+        _apply_recipe(obj, key_path, value, full_key)
+        return
     if head not in hints:
-        raise ConfigError(f"unknown config key '{full_key}' (valid keys here: {', '.join(hints)})")
+        valid = [*hints, *(RECIPE_TYPES if isinstance(obj, MethodConfig) else ())]
+        raise ConfigError(f"unknown config key '{full_key}' (valid keys here: {', '.join(valid)})")
     current = getattr(obj, head)
     if dataclasses.is_dataclass(current):
         if len(key_path) == 1:
@@ -229,6 +221,25 @@ def _apply(obj: Any, key_path: list[str], value: Any, full_key: str) -> None:
     if len(key_path) > 1:
         raise ConfigError(f"unknown config key '{full_key}': '{head}' is not a section")
     setattr(obj, head, _coerce(value, hints[head], full_key))
+
+
+def _apply_recipe(method: MethodConfig, key_path: list[str], value: Any, full_key: str) -> None:
+    """``method.<field>`` and ``method.recipe.<field>``: one BinaryRecipe field, or ``method.recipe`` as a
+    mapping of them."""
+    if key_path[0] == "recipe":
+        if len(key_path) == 1:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full_key}': expected a mapping of recipe fields, got {value!r}")
+            for k, v in value.items():
+                _apply_recipe(method, [str(k)], v, f"{full_key}.{k}")
+            return
+        key_path = key_path[1:]
+    head = key_path[0]
+    if head not in RECIPE_TYPES:
+        raise ConfigError(f"unknown config key '{full_key}' (recipe fields: {', '.join(RECIPE_TYPES)})")
+    if len(key_path) > 1:
+        raise ConfigError(f"unknown config key '{full_key}': '{head}' is not a section")
+    method.recipe[head] = _coerce(value, RECIPE_TYPES[head], full_key)
 
 
 def validate(cfg: Config) -> Config:
@@ -349,10 +360,26 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Plain data (for YAML and checkpoints); the method's recipe overrides sit beside its name, as a user
+    writes them."""
+    data = dataclasses.asdict(cfg)
+    method = data["method"]
+    method.update(method.pop("recipe"))
+    return data
+
+
+# configs written before every recipe field was a key stored each of these, null or "" meaning "the recipe's own"
+_LEGACY_METHOD_KEYS = {"weight_estimator", "act_estimator", "act_transform", "weight_scale", "zero", "eps", "t_min",
+                       "t_max", "rotation_grad", "rotation_cycles", "rotation_period", "rotation_every_steps",
+                       "theta_init", "scale_init", "gamma_mode", "gamma"}
 
 
 def from_dict(data: dict[str, Any]) -> Config:
+    """A config from :func:`to_dict`'s data (a run's config.yaml or a checkpoint's), validated."""
+    method = data.get("method")
+    if isinstance(method, dict) and _LEGACY_METHOD_KEYS <= set(method):
+        data = {**data, "method": {k: v for k, v in method.items()
+                                   if k not in _LEGACY_METHOD_KEYS or v not in (None, "")}}
     cfg = Config()
     for k, v in data.items():
         _apply(cfg, [k], v, k)

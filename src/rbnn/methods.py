@@ -97,7 +97,6 @@ def get_recipe(method: str | BinaryRecipe | None, **overrides) -> BinaryRecipe |
         if method not in METHODS:
             raise KeyError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
         recipe = METHODS[method]
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     if recipe is None:
         if overrides:
             raise ValueError(f"method 'fp' takes no binarization options, got {', '.join(overrides)}")

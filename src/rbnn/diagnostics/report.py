@@ -28,6 +28,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..atomic import atomic_write_text  # noqa: E402
 from ..errors import RbnnError  # noqa: E402
+from ..functional.surrogates import approx_sign_grad, ede_grad, rbnn_forward, rbnn_grad  # noqa: E402
+from ..nn.layers import binary_modules  # noqa: E402
 from ..run import load_run_model, read_metrics  # noqa: E402
 
 
@@ -137,7 +139,6 @@ def plot_oscillation(rows, out: Path) -> Path | None:
 
 
 def plot_histograms(run_dir: Path, out: Path, max_layers: int = 4) -> Path | None:
-    from ..nn.layers import binary_modules
     try:
         model, _, _ = load_run_model(run_dir)
     except RbnnError:
@@ -163,8 +164,6 @@ def plot_histograms(run_dir: Path, out: Path, max_layers: int = 4) -> Path | Non
 
 
 def plot_surrogates(out: Path) -> Path:
-    from ..functional.surrogates import approx_sign_grad, ede_grad, rbnn_forward, rbnn_grad
-
     x = torch.linspace(-2, 2, 801)
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
     for t in (0.1, 0.5, 1.0, 3.0, 10.0):

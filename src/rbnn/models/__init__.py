@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ..methods import prepare
 from ._registry import INITS, check_init, get_builder, list_models, model_defaults, register_model
 
 _BUILTIN = ("resnet_cifar", "resnet_imagenet", "vgg_small", "small", "reactnet")
@@ -51,8 +52,6 @@ def create(name: str, method: Any = "fp", num_classes: int = 10, in_channels: in
     model = builder(**kwargs)
     model.model_name = name
     if method is not None:
-        from ..methods import prepare  # imported here: models stay importable without the method layer
-
         prepare(model, method, **method_overrides)
     elif method_overrides:
         raise ValueError(f"method=None takes no binarization options, got {', '.join(method_overrides)}")

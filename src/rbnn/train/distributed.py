@@ -1,8 +1,8 @@
 """Distributed helpers that are no-ops in a single process.
 
 The process group comes from the environment, exactly as ``torchrun`` sets it (``RANK``, ``LOCAL_RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); ``rbnn train nproc=N`` (``rbnn.train.launch``) sets the
-same variables for the N processes it starts. Backend: ``nccl`` when the run uses CUDA (one device per
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); ``rbnn train nproc=N`` (``rbnn.train.launch``) runs
+torchrun's launcher for the N processes. Backend: ``nccl`` when the run uses CUDA (one device per
 process, ``cuda:LOCAL_RANK``), ``gloo`` otherwise.
 """
 

@@ -1,48 +1,20 @@
-"""Subcommands beyond train/eval/summary: report, ablate, export, predict, verify."""
+"""`rbnn export`, `rbnn predict` and `rbnn verify`: commands on the packed 1-bit model."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .atomic import check_file_target
-from .errors import ConfigError
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from .diagnostics.report import write_report
-
-    index = write_report(args.run_dir, args.out)
-    print(f"report: {index}")
-    return 0
-
-
-def _cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import load_ablation, run_ablation
-
-    cfg, methods, seeds = load_ablation(args.config, args.overrides)
-    seeds = args.seeds if args.seeds is not None else (seeds or 1)
-    out = Path(args.out or (Path("runs") / f"ablate-{cfg.model}"))
-    only = None
-    if args.only_seeds:
-        try:
-            only = {int(v) for v in args.only_seeds.split(",") if v.strip()}
-        except ValueError:
-            raise ConfigError(f"--only-seeds {args.only_seeds!r}: expected comma-separated seed indices") from None
-    run_ablation(cfg, methods, seeds, out, overwrite=args.overwrite, train_seeds=only)
-    from .diagnostics.report import write_ablation_report
-
-    print((out / "results.md").read_text())
-    print(f"comparison plots: {write_ablation_report(out)}")
-    return 0
+from ..atomic import check_file_target
+from ..errors import ConfigError
 
 
 def _test_arrays(data_name: str | None, data_root: str | None, run_cfg=None, limit: int = 0):
     """The test split of a dataset as (x float32 NCHW normalized, y int64) NumPy arrays."""
     import numpy as np
 
-    from .config import DataConfig
-    from .data import build_loaders
+    from ..config import DataConfig
+    from ..data import build_loaders
 
     cfg = DataConfig() if run_cfg is None else run_cfg.data
     if data_name:
@@ -58,8 +30,8 @@ def _test_arrays(data_name: str | None, data_root: str | None, run_cfg=None, lim
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .deploy import export, export_onnx
-    from .train import load_run_model
+    from ..deploy import export, export_onnx
+    from ..train import load_run_model
 
     out = Path(args.output or (Path(args.run) / ("model.onnx" if args.format == "onnx" else "model.rbnn")))
     if args.output:
@@ -80,7 +52,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from .deploy import load
+    from ..deploy import load
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -100,8 +72,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     import json
 
-    from .deploy import export, load, verify
-    from .train import load_run_model
+    from ..deploy import export, load, verify
+    from ..train import load_run_model
 
     if args.images < 1:
         raise ConfigError(f"--images must be >= 1, got {args.images}")
@@ -124,22 +96,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Registered by cli.build_parser."""
-    r = sub.add_parser("report", help="PNG plots + index.html of a run's diagnostics")
-    r.add_argument("run_dir")
-    r.add_argument("--out", help="output folder (default RUN_DIR/report)")
-    r.set_defaults(func=_cmd_report)
-
-    a = sub.add_parser("ablate", help="run methods x seeds at one budget; markdown + CSV table")
-    a.add_argument("--config", "-c", help="ablation YAML: a train config plus a 'methods:' list")
-    a.add_argument("--seeds", type=int, help="seeds per method (default: the file's 'seeds', else 1)")
-    a.add_argument("--out", help="output folder (default runs/ablate-<model>)")
-    a.add_argument("--overwrite", action="store_true", help="re-run finished runs")
-    a.add_argument("--only-seeds", help="train only these seed indices (e.g. 2 or 0,1); others are read from "
-                   "disk when finished, so processes can split one ablation")
-    a.add_argument("overrides", nargs="*", help="key=value overrides; methods=a,b,c")
-    a.set_defaults(func=_cmd_ablate)
-
     e = sub.add_parser("export", help="write the packed 1-bit model (.rbnn) or ONNX of a run/checkpoint")
     e.add_argument("run", help="run directory or checkpoint")
     e.add_argument("-o", "--output", help="output file (default RUN_DIR/model.rbnn or model.onnx)")
