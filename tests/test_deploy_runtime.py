@@ -21,9 +21,9 @@ from torch import nn
 
 import rbnn.deploy as deploy
 from rbnn.deploy import PackedFormatError
-from rbnn.deploy.packing import n_words, pack_bits, pack_signs, unpack_bits, unpack_signs
 from rbnn.errors import RbnnError
 from rbnn.methods import prepare
+from rbnn.runtime.packing import n_words, pack_bits, pack_signs, unpack_bits, unpack_signs
 
 SRC = str(Path(deploy.__file__).resolve().parents[2])
 
@@ -119,10 +119,10 @@ def test_binary_linear_fast(tmp_path):
 
 
 def _tiled(monkeypatch, tile: int, tile_min: int) -> None:
-    from rbnn.deploy import fast as fast_engine
+    from rbnn.runtime import threads
 
-    monkeypatch.setattr(fast_engine, "TILE", tile)
-    monkeypatch.setattr(fast_engine, "TILE_MIN", tile_min)
+    monkeypatch.setattr(threads, "TILE", tile)
+    monkeypatch.setattr(threads, "TILE_MIN", tile_min)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="tiles run on parallel threads: needs 2 numba threads")
@@ -142,7 +142,7 @@ def test_fast_tiled_batch_equals_untiled(method, monkeypatch, tmp_path):
         untiled = packed.predict(x)
         _tiled(monkeypatch, 3, 1)  # 11 images -> tiles of 3, 3, 3, 2 on 2 threads
         tiled = packed.predict(x)
-        assert packed.ops._pool is not None  # the tiled path ran
+        assert packed.ops.tiles.pool is not None  # the tiled path ran
         with ThreadPoolExecutor(2) as pool:  # two callers at once on one model
             concurrent = list(pool.map(packed.predict, [x, x[::-1]]))
     finally:
@@ -162,7 +162,7 @@ def test_fast_large_batch_with_workqueue_layer(tmp_path):
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "want.npy", deploy.load(p, backend="fast").predict(x))
     code = (
-        "import numpy as np, numba, rbnn.deploy as d\n"
+        "import numpy as np, numba, rbnn.runtime as d\n"
         f"m = d.load({str(p)!r}, backend='fast')\n"
         f"y = m.predict(np.load({str(tmp_path / 'x.npy')!r}))\n"
         "assert numba.threading_layer() == 'workqueue', numba.threading_layer()\n"
@@ -178,9 +178,9 @@ def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
     # the fast engine's float layers are its own numba kernels (no BLAS), summed in the reference's order:
     # the same float32 values bit for bit, for strides, paddings and dilations (a float that differed in its
     # last bit could binarize differently in the next binary layer)
-    from rbnn.deploy.fast import FastOps
-    from rbnn.deploy.format import Node
-    from rbnn.deploy.reference import ReferenceOps
+    from rbnn.runtime.format import Node
+    from rbnn.runtime.plan import FastOps
+    from rbnn.runtime.reference import ReferenceOps
 
     rng = np.random.default_rng(k + s)
     c = 67 if k == 1 else 3  # a 1x1 conv: a downsample shortcut's width
@@ -209,8 +209,8 @@ def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
 def test_fast_binary_epilogue_equals_reference_bit_for_bit(method, tmp_path):
     # dot·out_mul + out_add: the reference computes it in float64 and rounds once; the fast kernel's fused
     # epilogue (with the residual add and Hardtanh after it) must give the same float32, not one rounded twice
-    from rbnn.deploy.fast import FastOps
-    from rbnn.deploy.reference import ReferenceOps
+    from rbnn.runtime.plan import FastOps
+    from rbnn.runtime.reference import ReferenceOps
 
     p = tmp_path / "m.rbnn"
     deploy.export(tiny(method, c1=67, c2=130), p, input_shape=(3, 7, 9))
@@ -228,7 +228,7 @@ def test_fast_binary_epilogue_equals_reference_bit_for_bit(method, tmp_path):
 @pytest.mark.parametrize("shape", [(3, 7), (4, 16384), (2, 100003)])
 def test_fast_sample_mean_equals_numpy_float64_mean(shape):
     # RBNN's activation threshold: the fast engine's mean must round to the same float32 as the reference's
-    from rbnn.deploy.fast import sample_mean_kernel
+    from rbnn.runtime.kernels import sample_mean_kernel
 
     x = (np.random.default_rng(shape[1]).standard_normal(shape) * 3 + 0.25).astype(np.float32)
     out = np.empty(shape[0], np.float32)
@@ -334,13 +334,14 @@ def test_runtime_does_not_import_torch(good_file, tmp_path):
     np.save(tmp_path / "x.npy", x)
     code = (
         "import sys, numpy as np\n"
-        "import rbnn.deploy as d\n"
+        "sys.modules['torch'] = None  # any import of torch now raises ImportError\n"
+        "import rbnn.runtime as d\n"
         f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
         "for be in ('reference', 'fast'):\n"
         f"    m = d.load({str(good_file)!r}, backend=be)\n"
         "    y = m.predict(x); m.layer_outputs(x)\n"
         f"d.size_report({str(good_file)!r})\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert sys.modules['torch'] is None, 'torch was imported'\n"
         "print(y.shape)\n"
     )
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}

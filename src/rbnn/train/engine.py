@@ -505,7 +505,8 @@ def _init_from(model: nn.Module, path: str) -> dict[str, list[str]]:
 def export_and_verify(model: nn.Module, run_dir: Path, test_loader, device: torch.device) -> dict[str, Any]:
     """Export the packed 1-bit model next to the checkpoints, check it against the torch graph, time it."""
     try:
-        from ..deploy import export, load, verify
+        from ..export import export, verify
+        from ..runtime import load
     except ImportError as e:  # pragma: no cover
         return {"error": f"deploy unavailable: {e}"}
     model = model.to("cpu").eval()
