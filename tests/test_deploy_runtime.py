@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -234,6 +235,35 @@ def test_fast_sample_mean_equals_numpy_float64_mean(shape):
     out = np.empty(shape[0], np.float32)
     sample_mean_kernel(x, out)
     np.testing.assert_array_equal(out, x.mean(axis=1, dtype=np.float64).astype(np.float32))
+
+
+def test_profile_splits_time_by_op_kind(tmp_path):
+    # the time per op kind of the fast plan: every kind the benchmark prints, the kinds this model has timed,
+    # and the sum near a predict's time (generous: the cores are shared)
+    from rbnn.runtime.plan import PROFILE_KINDS
+
+    p = tmp_path / "m.rbnn"
+    deploy.export(tiny("rbnn", c1=32, c2=48), p, input_shape=(3, 16, 16))
+    packed = deploy.load(p, backend="fast")
+    x = rand_input((3, 16, 16), 8, seed=2)
+    want = packed.predict(x)
+    split = packed.profile(x, repeats=3)
+    assert list(split) == list(PROFILE_KINDS)
+    assert all(v >= 0 for v in split.values())
+    for kind in ("binary conv", "input packing", "float conv", "linear", "pooling", "affine/activation/residual"):
+        assert split[kind] > 0, (kind, split)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        packed.predict(x)
+        times.append(time.perf_counter() - t0)
+    total, predict_s = sum(split.values()), sorted(times)[2]
+    assert predict_s / 10 < total < predict_s * 10, (total, predict_s)
+    np.testing.assert_array_equal(packed.predict(x), want)  # profiling leaves no trace
+    with pytest.raises(RbnnError, match="backend='fast'"):
+        deploy.load(p, backend="reference").profile(x)
+    with pytest.raises(RbnnError, match="repeats"):
+        packed.profile(x, repeats=0)
 
 
 # ---- tampered files ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The runtime installs and runs without torch: a fresh venv (no system site packages) gets only numpy, numba
-and rbnn itself (``--no-deps``), then loads a ``.rbnn`` file exported here and predicts the same logits bit for
-bit. Skipped only when pip cannot reach a package index."""
+(with its llvmlite) and rbnn itself, all with ``--no-deps``, then loads a ``.rbnn`` file exported here and
+predicts the same logits bit for bit. Skipped only when pip cannot reach a package index."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import llvmlite
 import numba
 import numpy as np
 import pytest
@@ -59,8 +60,9 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedP
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _pip(py: Path, args: list[str], cwd: Path) -> None:
-    r = _run([str(py), "-m", "pip", "install", "-q", *args], cwd)
+def _pip_install(py: Path, args: list[str], cwd: Path) -> None:
+    """This interpreter's pip installs into the venv of ``py`` (``--python``, pip >= 22.3): no pip in the venv."""
+    r = _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", *args], cwd)
     if r.returncode != 0:
         out = r.stdout + r.stderr
         if any(s in out for s in NETWORK_ERRORS):
@@ -85,11 +87,13 @@ def test_runtime_installs_and_predicts_without_torch(tmp_path):
     want = {b: load(path, backend=b).predict(x) for b in ("fast", "reference")}
 
     venv = tmp_path / "venv"
-    r = _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    r = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     py = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    _pip(py, [f"numpy=={np.__version__}", f"numba=={numba.__version__}"], tmp_path)
-    _pip(py, ["--no-deps", str(_source_copy(tmp_path / "src_copy"))], tmp_path)
+    # exactly the runtime's dependencies, pinned to the versions here (pip's cache keeps it quick), and rbnn
+    # built from a copy of this tree: with --no-deps nothing else (torch above all) can come in
+    pins = [f"numpy=={np.__version__}", f"numba=={numba.__version__}", f"llvmlite=={llvmlite.__version__}"]
+    _pip_install(py, ["--no-deps", *pins, str(_source_copy(tmp_path / "src_copy"))], tmp_path)
 
     (tmp_path / "run.py").write_text(IN_VENV)
     r = _run([str(py), "run.py", str(path), str(tmp_path / "x.npy"), str(tmp_path / "got")], tmp_path)
