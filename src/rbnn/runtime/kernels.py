@@ -21,10 +21,12 @@ Design (see docs/deploy.md):
 - every float op does the reference engine's IEEE operations in the reference's order (float convs and linears
   sum in float32 in (kh, kw, c) order, no FMA), so its floats equal the reference's bit for bit: a value
   within rounding of a binarization threshold then binarizes the same way in both engines;
-- a large batch runs as tiles on a thread pool, each tile single-threaded (see ``TILE``).
+- a large batch runs as tiles on a thread pool, each tile single-threaded (see :mod:`.threads`).
 
-Every kernel is ``@njit(cache=True, nogil=True)``; call :func:`warmup` (or run once) before timing.
+Every kernel is ``@njit(cache=True, nogil=True)``; call :func:`warmup` (or run once) before timing. The plan
+that calls them is :mod:`.plan`.
 """
+
 from __future__ import annotations
 
 import sys
