@@ -115,8 +115,8 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     import torch
     import torch.nn.functional as F
 
-    from rbnn.deploy import fast
-    from rbnn.deploy.packing import pack_signs
+    from rbnn.runtime import kernels as fast
+    from rbnn.runtime.packing import pack_signs
 
     k = 9 * c
     xf, wf = torch.randn(nb, c, hw, hw), torch.randn(c, c, 3, 3)
@@ -257,7 +257,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from rbnn.deploy import fast
+    from rbnn.runtime import kernels as fast
 
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)

@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python benchmarks/op_count.py [--steps 6] [key=value ...]
 
-Defaults: ``model=resnet18 method=rbnn-faithful optim.name=sgd`` (the paper optimizer) on synthetic 3x32x32 data, batch 16, one process. A callback
+Defaults: ``model=resnet18 method=rbnn-faithful optim.name=sgd`` (the paper optimizer) on synthetic 3x32x32
+data, batch 16, one process. A callback
 starts the profiler at the end of step 2 and stops it ``--steps`` steps later, so the count covers whole
 iterations of the real engine loop (loader, forward, backward, optimizer, callbacks, bookkeeping), not a
 hand-written copy of it. Prints aten operators per step (all, and top-level only: what the dispatcher is
@@ -66,7 +67,8 @@ def main() -> None:
     original = engine.build_callbacks
     engine.build_callbacks = lambda model, cfg: original(model, cfg) + [Window()]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, ["model=resnet18", "method=rbnn-faithful", "optim.name=sgd", "optim.lr=0.1", "data=synthetic", "data.channels=3",
+        cfg = load_config(None, ["model=resnet18", "method=rbnn-faithful", "optim.name=sgd", "optim.lr=0.1",
+                                 "data=synthetic", "data.channels=3",
                                  "data.image_size=32", f"data.subset={16 * (last + 2)}", "data.test_subset=16",
                                  "batch_size=16", "eval_batch_size=16", "epochs=1", "export=false",
                                  "threads=1", "device=cpu", f"out={Path(tmp) / 'r'}", *a.overrides])

@@ -9,7 +9,7 @@ from test_deploy_helpers import mlp, rand_input, randomize, tiny
 from torch import nn
 
 import rbnn.deploy as deploy
-from rbnn.deploy.exporter import ExportError
+from rbnn.export.exporter import ExportError
 from rbnn.methods import METHODS, prepare
 from rbnn.nn.recipe import BinaryRecipe
 
@@ -48,7 +48,7 @@ def test_mlp_binary_linear(method, tmp_path):
 
 def test_layer_outputs_match_torch_chain(tmp_path):
     """Chained run: packed layer_outputs equal torch's pre-activations computed on torch's own inputs."""
-    from rbnn.deploy.verifier import torch_layer_dot
+    from rbnn.export.verifier import torch_layer_dot
 
     m = tiny("xnor")
     p = tmp_path / "m.rbnn"

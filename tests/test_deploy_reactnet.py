@@ -15,10 +15,10 @@ from torch import nn
 import rbnn.deploy as deploy
 from rbnn import models
 from rbnn.deploy import PackedFormatError
-from rbnn.deploy import format as fmt
-from rbnn.deploy.reference import ReferenceOps
 from rbnn.methods import prepare
 from rbnn.models.reactnet import RPReLU
+from rbnn.runtime import format as fmt
+from rbnn.runtime.reference import ReferenceOps
 
 BACKENDS = ("reference", "fast")
 METHODS = ["rebnn", "rebnn-released", "learned-scale", "xnor", "rbnn", "irnet", "bireal"]

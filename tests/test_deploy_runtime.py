@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,9 +22,9 @@ from torch import nn
 
 import rbnn.deploy as deploy
 from rbnn.deploy import PackedFormatError
-from rbnn.deploy.packing import n_words, pack_bits, pack_signs, unpack_bits, unpack_signs
 from rbnn.errors import RbnnError
 from rbnn.methods import prepare
+from rbnn.runtime.packing import n_words, pack_bits, pack_signs, unpack_bits, unpack_signs
 
 SRC = str(Path(deploy.__file__).resolve().parents[2])
 
@@ -119,10 +120,10 @@ def test_binary_linear_fast(tmp_path):
 
 
 def _tiled(monkeypatch, tile: int, tile_min: int) -> None:
-    from rbnn.deploy import fast as fast_engine
+    from rbnn.runtime import threads
 
-    monkeypatch.setattr(fast_engine, "TILE", tile)
-    monkeypatch.setattr(fast_engine, "TILE_MIN", tile_min)
+    monkeypatch.setattr(threads, "TILE", tile)
+    monkeypatch.setattr(threads, "TILE_MIN", tile_min)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="tiles run on parallel threads: needs 2 numba threads")
@@ -142,7 +143,7 @@ def test_fast_tiled_batch_equals_untiled(method, monkeypatch, tmp_path):
         untiled = packed.predict(x)
         _tiled(monkeypatch, 3, 1)  # 11 images -> tiles of 3, 3, 3, 2 on 2 threads
         tiled = packed.predict(x)
-        assert packed.ops._pool is not None  # the tiled path ran
+        assert packed.ops.tiles.pool is not None  # the tiled path ran
         with ThreadPoolExecutor(2) as pool:  # two callers at once on one model
             concurrent = list(pool.map(packed.predict, [x, x[::-1]]))
     finally:
@@ -162,7 +163,7 @@ def test_fast_large_batch_with_workqueue_layer(tmp_path):
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "want.npy", deploy.load(p, backend="fast").predict(x))
     code = (
-        "import numpy as np, numba, rbnn.deploy as d\n"
+        "import numpy as np, numba, rbnn.runtime as d\n"
         f"m = d.load({str(p)!r}, backend='fast')\n"
         f"y = m.predict(np.load({str(tmp_path / 'x.npy')!r}))\n"
         "assert numba.threading_layer() == 'workqueue', numba.threading_layer()\n"
@@ -178,9 +179,9 @@ def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
     # the fast engine's float layers are its own numba kernels (no BLAS), summed in the reference's order:
     # the same float32 values bit for bit, for strides, paddings and dilations (a float that differed in its
     # last bit could binarize differently in the next binary layer)
-    from rbnn.deploy.fast import FastOps
-    from rbnn.deploy.format import Node
-    from rbnn.deploy.reference import ReferenceOps
+    from rbnn.runtime.format import Node
+    from rbnn.runtime.plan import FastOps
+    from rbnn.runtime.reference import ReferenceOps
 
     rng = np.random.default_rng(k + s)
     c = 67 if k == 1 else 3  # a 1x1 conv: a downsample shortcut's width
@@ -209,8 +210,8 @@ def test_fast_float_conv_and_linear_match_reference(k, s, p, d):
 def test_fast_binary_epilogue_equals_reference_bit_for_bit(method, tmp_path):
     # dot·out_mul + out_add: the reference computes it in float64 and rounds once; the fast kernel's fused
     # epilogue (with the residual add and Hardtanh after it) must give the same float32, not one rounded twice
-    from rbnn.deploy.fast import FastOps
-    from rbnn.deploy.reference import ReferenceOps
+    from rbnn.runtime.plan import FastOps
+    from rbnn.runtime.reference import ReferenceOps
 
     p = tmp_path / "m.rbnn"
     deploy.export(tiny(method, c1=67, c2=130), p, input_shape=(3, 7, 9))
@@ -228,12 +229,41 @@ def test_fast_binary_epilogue_equals_reference_bit_for_bit(method, tmp_path):
 @pytest.mark.parametrize("shape", [(3, 7), (4, 16384), (2, 100003)])
 def test_fast_sample_mean_equals_numpy_float64_mean(shape):
     # RBNN's activation threshold: the fast engine's mean must round to the same float32 as the reference's
-    from rbnn.deploy.fast import sample_mean_kernel
+    from rbnn.runtime.kernels import sample_mean_kernel
 
     x = (np.random.default_rng(shape[1]).standard_normal(shape) * 3 + 0.25).astype(np.float32)
     out = np.empty(shape[0], np.float32)
     sample_mean_kernel(x, out)
     np.testing.assert_array_equal(out, x.mean(axis=1, dtype=np.float64).astype(np.float32))
+
+
+def test_profile_splits_time_by_op_kind(tmp_path):
+    # the time per op kind of the fast plan: every kind the benchmark prints, the kinds this model has timed,
+    # and the sum near a predict's time (generous: the cores are shared)
+    from rbnn.runtime.plan import PROFILE_KINDS
+
+    p = tmp_path / "m.rbnn"
+    deploy.export(tiny("rbnn", c1=32, c2=48), p, input_shape=(3, 16, 16))
+    packed = deploy.load(p, backend="fast")
+    x = rand_input((3, 16, 16), 8, seed=2)
+    want = packed.predict(x)
+    split = packed.profile(x, repeats=3)
+    assert list(split) == list(PROFILE_KINDS)
+    assert all(v >= 0 for v in split.values())
+    for kind in ("binary conv", "input packing", "float conv", "linear", "pooling", "affine/activation/residual"):
+        assert split[kind] > 0, (kind, split)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        packed.predict(x)
+        times.append(time.perf_counter() - t0)
+    total, predict_s = sum(split.values()), sorted(times)[2]
+    assert predict_s / 10 < total < predict_s * 10, (total, predict_s)
+    np.testing.assert_array_equal(packed.predict(x), want)  # profiling leaves no trace
+    with pytest.raises(RbnnError, match="backend='fast'"):
+        deploy.load(p, backend="reference").profile(x)
+    with pytest.raises(RbnnError, match="repeats"):
+        packed.profile(x, repeats=0)
 
 
 # ---- tampered files ---------------------------------------------------------------------------------
@@ -334,13 +364,14 @@ def test_runtime_does_not_import_torch(good_file, tmp_path):
     np.save(tmp_path / "x.npy", x)
     code = (
         "import sys, numpy as np\n"
-        "import rbnn.deploy as d\n"
+        "sys.modules['torch'] = None  # any import of torch now raises ImportError\n"
+        "import rbnn.runtime as d\n"
         f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
         "for be in ('reference', 'fast'):\n"
         f"    m = d.load({str(good_file)!r}, backend=be)\n"
         "    y = m.predict(x); m.layer_outputs(x)\n"
         f"d.size_report({str(good_file)!r})\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert sys.modules['torch'] is None, 'torch was imported'\n"
         "print(y.shape)\n"
     )
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}

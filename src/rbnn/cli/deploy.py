@@ -30,7 +30,7 @@ def _test_arrays(data_name: str | None, data_root: str | None, run_cfg=None, lim
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..deploy import export, export_onnx
+    from ..export import export, export_onnx
     from ..train import load_run_model
 
     out = Path(args.output or (Path(args.run) / ("model.onnx" if args.format == "onnx" else "model.rbnn")))
@@ -52,7 +52,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from ..deploy import load
+    from ..runtime import load
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -72,7 +72,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     import json
 
-    from ..deploy import export, load, verify
+    from ..export import export, verify
+    from ..runtime import load
     from ..train import load_run_model
 
     if args.images < 1:

@@ -42,7 +42,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         print(f"{cfg.model} / {cfg.method.name}, input {size}")
         print(format_summary(s))
         if isinstance(real, list):
-            from ..deploy.size import format_size_report
+            from ..runtime.size import format_size_report
 
             print("\nexported .rbnn file (real bytes on disk):")
             print(format_size_report(real))
@@ -55,7 +55,7 @@ def _real_size(model, size):
     """Per-layer bytes of the model actually exported to a .rbnn file (None for float models)."""
     if not getattr(model, "binarization", {}).get("binary_layers"):
         return None
-    from ..deploy import size_report
+    from ..export import size_report
 
     try:
         return size_report(model.eval(), input_shape=size)

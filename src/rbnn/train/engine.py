@@ -27,12 +27,13 @@ from ..checkpoint import check_resume_state, load_checkpoint
 from ..config import Config, dump_yaml, from_dict, to_dict
 from ..data import build_loaders
 from ..data.idx import FASHION_MNIST_ROOT
-from ..deploy import export, load, verify
 from ..diagnostics.oscillation import oscillation_callbacks
 from ..errors import CheckpointError, ConfigError, DataError, RbnnError
+from ..export import export, verify
 from ..nn.layers import binary_modules
 from ..run import build_model, load_run_model, one_line
 from ..rundir import RunDirError, check_run_dir, create_run_dir, remove_if_no_result
+from ..runtime import load
 from . import distributed as dist_utils
 from .callbacks import Callback, ModuleHooks, RotationUpdate, SurrogateSchedule, WeightDiagnostics
 from .logging import MetricsLog, check_tensorboard

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 from . import format as fmt
 from .format import PackedGraph
@@ -62,25 +61,18 @@ def _rows(graph: PackedGraph) -> list[dict]:
     return rows
 
 
-def size_report(model_or_path, input_shape=None) -> list[dict]:
+def size_report(path: str | os.PathLike) -> list[dict]:
     """Per-layer dicts ``{name, kind ('binary'|'float'), op, params, packed_bytes, weight_packed_bytes,
-    float32_bytes, folded}`` followed by one ``{"name": "total", "kind": "total", ...}`` row that also holds
-    ``file_bytes`` (the real size on disk of the .rbnn file), ``binary_params``, ``float_params`` and
-    ``binary_weight_ratio`` (float32 bytes / packed bytes of the binary weights).
+    float32_bytes, folded}`` of the ``.rbnn`` file ``path`` followed by one ``{"name": "total", "kind": "total",
+    ...}`` row that also holds ``file_bytes`` (the real size on disk), ``binary_params``, ``float_params`` and
+    ``binary_weight_ratio`` (float32 bytes / packed bytes of the binary weights). NumPy only; the report of a
+    torch model is :func:`rbnn.export.size_report`."""
+    path = os.fspath(path)
+    return graph_report(fmt.read(path), os.path.getsize(path))
 
-    Accepts a path to a ``.rbnn`` file (NumPy only) or a torch model (exported to a temporary file to measure
-    the real size; needs torch).
-    """
-    if isinstance(model_or_path, str | os.PathLike):
-        path = os.fspath(model_or_path)
-        graph = fmt.read(path)
-        file_bytes = os.path.getsize(path)
-    else:
-        from .exporter import build_graph
 
-        graph = build_graph(model_or_path, input_shape)
-        with tempfile.TemporaryDirectory() as d:
-            file_bytes = fmt.save(graph, os.path.join(d, "m.rbnn"))
+def graph_report(graph: PackedGraph, file_bytes: int) -> list[dict]:
+    """:func:`size_report` of a graph whose file takes ``file_bytes`` bytes."""
     rows = _rows(graph)
     binary = [r for r in rows if r["kind"] == "binary"]
     bw = sum(r["weight_packed_bytes"] for r in binary)

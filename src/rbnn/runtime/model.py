@@ -11,6 +11,7 @@ from ..errors import RbnnError
 from . import format as fmt
 from . import shapes
 from .format import Node, PackedFormatError, PackedGraph
+from .plan import FastOps
 from .reference import ReferenceOps
 
 BACKENDS = ("reference", "fast")
@@ -24,8 +25,6 @@ def _ops(backend: str):
     if backend == "reference":
         return ReferenceOps()
     if backend == "fast":
-        from .fast import FastOps
-
         return FastOps()
     raise ValueError(f"backend={backend!r}; expected one of {', '.join(BACKENDS)}")
 
@@ -152,13 +151,30 @@ class PackedModel:
             return self.run(x)[0]
         return np.concatenate([self.run(x[i : i + batch_size])[0] for i in range(0, x.shape[0], batch_size)])
 
+    def profile(self, x: np.ndarray, repeats: int = 5) -> dict[str, float]:
+        """Median seconds per op kind over ``repeats`` runs of the fast engine's plan on NCHW input ``x``
+        (kinds: binary conv with its fused epilogue, input packing, float conv, linear, pooling,
+        affine/activation/residual, other = the rest and the glue between ops). The plan runs untiled on the
+        calling thread, so at large batches the sum can exceed ``predict``'s time on several threads."""
+        if not isinstance(self.ops, FastOps) or self.ops.plan is None:
+            raise PackedInputError(
+                f"{self.path or 'packed model'}: profile() times the fast engine's plan; "
+                f"load the model with backend='fast' (it has backend={self.backend!r})"
+            )
+        if isinstance(repeats, bool) or not isinstance(repeats, int | np.integer) or repeats < 1:
+            raise self._input_error(f"repeats={repeats!r}: expected a positive integer")
+        x = self._check_input(x)[0]
+        if x.shape[0] == 0:
+            raise self._input_error("profile() needs at least one image")
+        return self.ops.profile(self._to_internal(x), int(repeats))
+
     def layer_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Integer pre-activations (int64; NCHW for convs) of every binary layer, by torch module name."""
         return self.run(x, record=True)[1]
 
     def binary_layer_dot(self, module: str, x: np.ndarray) -> np.ndarray:
         """Integer pre-activations of one binary layer given *its own input* ``x`` (NCHW or (N, F), as torch
-        sees it). Used by :func:`rbnn.deploy.verify` to check each layer on exactly torch's input."""
+        sees it). Used by :func:`rbnn.export.verify` to check each layer on exactly torch's input."""
         node = self._binary_node(module)
         xi = np.asarray(x, dtype=np.float32)
         try:

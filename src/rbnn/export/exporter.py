@@ -26,9 +26,9 @@ from torch import fx, nn
 from ..errors import RbnnError
 from ..nn.layers import BinaryConv2d, BinaryLinear, BinaryMixin
 from ..nn.recipe import BinaryRecipe
-from . import format as fmt
-from .format import Node, PackedGraph
-from .packing import pack_nonzero, pack_signs
+from ..runtime import format as fmt
+from ..runtime.format import Node, PackedGraph
+from ..runtime.packing import pack_nonzero, pack_signs
 
 
 class ExportError(RbnnError):

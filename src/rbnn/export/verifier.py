@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.layers import BinaryConv2d, BinaryMixin
+from ..runtime import PackedModel, load
 from .exporter import binary_weight_and_scale
-from .runtime import PackedModel, load
 
 
 @torch.no_grad()

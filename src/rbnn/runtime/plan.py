@@ -1,0 +1,371 @@
+"""The fast engine's plan: per-layer constants prepared once at load (:class:`_BinPrep`) and the fused
+execution plan of a graph (:class:`FastOps`), calling the numba kernels of :mod:`.kernels` with the thread
+policy of :mod:`.threads`. See :mod:`.kernels` for the design of the kernels."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import numba
+import numpy as np
+
+from . import reference as ref
+from .format import Node, PackedGraph
+from .kernels import (
+    LITTLE_ENDIAN,
+    affine_clamp_kernel,
+    avgpool_kernel,
+    bconv_kernel,
+    fconv_kernel,
+    flinear_kernel,
+    maxpool_kernel,
+    pack_rows,
+    per_channel_weights,
+    prelu_kernel,
+    row_window_weights,
+    sample_mean_kernel,
+    tap_popcounts,
+)
+from .threads import TiledRunner, run_managed, serial_if_small
+
+# op kinds of PackedModel.profile(); a fused step counts as the kind of its first node (a binary conv's fused
+# residual add and Hardtanh count as binary conv), the time between steps as "other"
+PROFILE_KINDS = (
+    "binary conv",
+    "input packing",
+    "float conv",
+    "linear",
+    "pooling",
+    "affine/activation/residual",
+    "other",
+)
+_KIND = {
+    "bconv": "binary conv",
+    "blinear": "binary conv",
+    "conv": "float conv",
+    "linear": "linear",
+    "maxpool": "pooling",
+    "avgpool": "pooling",
+    "gap": "pooling",
+    "affine": "affine/activation/residual",
+    "hardtanh": "affine/activation/residual",
+    "relu": "affine/activation/residual",
+    "prelu": "affine/activation/residual",
+    "add": "affine/activation/residual",
+}
+
+_DUMMY4 = np.zeros((1, 1, 1, 1), dtype=np.float32)
+
+
+class _BinPrep:
+    """Per-binary-layer constants prepared once at load."""
+
+    def __init__(self, node: Node) -> None:
+        at = node.attrs
+        self.node = node
+        self.ternary = bool(at.get("ternary", False)) or "w_mask" in node.arrays
+        w = node.arrays["w_bits"]
+        if node.op == "bconv":
+            w = ref.tap_words(node)
+        if node.op == "blinear":
+            w = w.reshape(w.shape[0], 1, 1, w.shape[1])
+            self.pad, self.stride, self.dil = (0, 0), (1, 1), (1, 1)
+        else:
+            self.pad, self.stride, self.dil = tuple(at["padding"]), tuple(at["stride"]), tuple(at["dilation"])
+        o, kh, kw, _ = w.shape
+        self.kshape = (o, kh, kw)
+        self.wpop = tap_popcounts(w)
+        self.c = int(at["in_channels"])
+        if self.c * kh * kw >= 1 << 24:
+            raise ValueError(f"{node.name}: C·KH·KW = {self.c * kh * kw} is too large for the float32 epilogue")
+        self.rw = (kw * self.c + 63) // 64
+        self.wblk = row_window_weights(w, self.c)
+        self.wrow = per_channel_weights(self.wblk, o)
+        # float64 copies: the epilogue computes in float64 like the reference's affine_out
+        self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float64)
+        self.add = np.ascontiguousarray(node.arrays["out_add"], dtype=np.float64)
+        self.shift = (
+            np.ascontiguousarray(node.arrays["act_shift"], dtype=np.float32)
+            if at["act_transform"] == "shift"
+            else np.zeros(self.c, dtype=np.float32)
+        )
+        self.standardize = at["act_transform"] == "standardize_sample"
+        self.ones = np.ones(o, dtype=np.float64)
+        self.zeros = np.zeros(o, dtype=np.float64)
+
+    def run(self, x, res=None, clamp=None, raw=False, times: dict[str, float] | None = None):
+        """Binary layer on NHWC (or (N, F)) float32 ``x``; ``raw``: return integer dots (int64). ``times``: add
+        the seconds spent binarizing and packing the input to ``times["input packing"]`` (profiling)."""
+        flat = x.ndim == 2
+        if flat:
+            x = x.reshape(x.shape[0], 1, 1, x.shape[1])
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, h, w, c = x.shape
+        ph, pw = self.pad
+        (sh, sw), (dh, dw) = self.stride, self.dil
+        o, kh, kw = self.kshape
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        t0 = time.perf_counter() if times is not None else 0.0
+        if self.standardize:
+            mean = np.empty(n, dtype=np.float32)
+            with serial_if_small(x.size):
+                sample_mean_kernel(x.reshape(n, -1), mean)
+        else:
+            mean = np.zeros(n, dtype=np.float32)
+        xw = np.empty((n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), dtype=np.uint64)
+        with serial_if_small(2 * x.size):
+            pack_rows(x, self.shift, mean, ph, pw, kw, dw, xw)
+        if times is not None:
+            times["input packing"] += time.perf_counter() - t0
+        out = np.empty((n, ho, wo, o), dtype=np.float32)
+        mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
+        if res is not None and not raw and res.shape != out.shape:
+            # the kernel indexes res without bounds checks: a residual of another shape (only a hand-made
+            # graph has one) is added unfused, with NumPy's broadcasting like the reference engine
+            y = self.run(x.reshape(n, c) if flat else x) + res
+            return np.clip(y, np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None else y
+        has_res = res is not None and not raw
+        lo, hi = (np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None and not raw else (0.0, 0.0)
+        with serial_if_small(n * ho * wo * o * kh * self.rw):
+            bconv_kernel(
+                xw,
+                self.wblk,
+                self.wrow,
+                self.wpop,
+                kh,
+                kw,
+                mul,
+                add,
+                res if has_res else _DUMMY4,
+                has_res,
+                np.float32(lo),
+                np.float32(hi),
+                clamp is not None and not raw,
+                sh,
+                sw,
+                dh,
+                dw,
+                ph,
+                pw,
+                h,
+                w,
+                self.c,
+                out,
+            )
+        if raw:
+            out = out.astype(np.int64)
+        return out.reshape(n, o) if flat else out
+
+
+class FastOps(ref.ReferenceOps):
+    """numba implementations of the heavy ops; the rest inherit the NumPy reference."""
+
+    name = "fast"
+
+    def __init__(self) -> None:
+        if not LITTLE_ENDIAN:
+            raise RuntimeError("the fast engine needs a little-endian CPU; use backend='reference'")
+        self.prep: dict[str, _BinPrep] = {}
+        self.plan = None
+        self.steps: list[tuple[str, str, Callable]] = []  # (result name, op kind, callable(env) -> array)
+        self.tiles = TiledRunner()
+        self._profiling = threading.local()  # .times: seconds per op kind while profile() runs on this thread
+
+    # -- per node ----------------------------------------------------------------------------------------
+    def _p(self, node: Node) -> _BinPrep:
+        p = self.prep.get(node.name)
+        if p is None:
+            p = self.prep[node.name] = _BinPrep(node)
+        return p
+
+    def bdot(self, node: Node, x: np.ndarray) -> np.ndarray:
+        p = self._p(node)
+        if p.ternary:
+            return super().bdot(node, x)
+        return p.run(x, raw=True)
+
+    def bconv(self, node: Node, x: np.ndarray, res=None, clamp=None) -> np.ndarray:
+        p = self._p(node)
+        if p.ternary:
+            y = super().bconv(node, x) if node.op == "bconv" else super().blinear(node, x)
+            if res is not None:
+                y = y + res
+            if clamp is not None:
+                y = np.clip(y, np.float32(clamp[0]), np.float32(clamp[1]))
+            return y
+        return p.run(x, res=res, clamp=clamp, times=getattr(self._profiling, "times", None))
+
+    blinear = bconv
+
+    def _float_weight(self, node: Node) -> np.ndarray:
+        """The float weight with the output axis last: (KH, KW, C, O) for a conv, (F, O) for a linear."""
+        key = node.name + "/wt"
+        wt = self.prep.get(key)
+        if wt is None:
+            w = node.arrays["weight"]
+            wt = self.prep[key] = np.ascontiguousarray(w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T)
+        return wt
+
+    def conv(self, node: Node, x: np.ndarray) -> np.ndarray:
+        (ph, pw), (sh, sw), (dh, dw) = node.attrs["padding"], node.attrs["stride"], node.attrs["dilation"]
+        wt = self._float_weight(node)
+        kh, kw, _, o = wt.shape
+        n, h, wd, _ = x.shape
+        out = np.empty((n, ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(wd, kw, sw, pw, dw), o), dtype=np.float32)
+        with serial_if_small(out.size * wt.shape[2] * kh * kw // 8):
+            xc = np.ascontiguousarray(x, dtype=np.float32)
+            fconv_kernel(xc, wt, node.arrays["bias"], sh, sw, ph, pw, dh, dw, out)
+        return out
+
+    def linear(self, node: Node, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2:
+            return super().linear(node, x)
+        wt = self._float_weight(node)
+        out = np.empty((x.shape[0], wt.shape[1]), dtype=np.float32)
+        with serial_if_small(x.shape[0] * wt.size // 8):
+            flinear_kernel(np.ascontiguousarray(x, dtype=np.float32), wt, node.arrays["bias"], out)
+        return out
+
+    def maxpool(self, node: Node, x: np.ndarray) -> np.ndarray:
+        (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+        dh, dw = node.attrs.get("dilation", [1, 1])
+        ceil = node.attrs.get("ceil_mode", False)
+        n, h, w, c = x.shape
+        ho, wo = ref.pool_out_hw(h, kh, sh, ph, dh, ceil), ref.pool_out_hw(w, kw, sw, pw, dw, ceil)
+        out = np.empty((n, ho, wo, c), dtype=np.float32)
+        with serial_if_small(out.size * kh * kw // 8):
+            maxpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, dh, dw, out)
+        return out
+
+    def avgpool(self, node: Node, x: np.ndarray) -> np.ndarray:
+        (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+        ceil = node.attrs.get("ceil_mode", False)
+        n, h, w, c = x.shape
+        ho, wo = ref.pool_out_hw(h, kh, sh, ph, 1, ceil), ref.pool_out_hw(w, kw, sw, pw, 1, ceil)
+        out = np.empty((n, ho, wo, c), dtype=np.float32)
+        include = bool(node.attrs.get("count_include_pad", True))
+        with serial_if_small(out.size * kh * kw // 8):
+            avgpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, include, out)
+        return out
+
+    def prelu(self, node: Node, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x)
+        a = node.arrays
+        with serial_if_small(x.size // 8):
+            prelu_kernel(x, a["shift_in"], a["slope"], a["shift_out"], out)
+        return out
+
+    def affine(self, node: Node, x: np.ndarray, clamp=None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x)
+        lo, hi = clamp if clamp is not None else (0.0, 0.0)
+        with serial_if_small(x.size // 8):
+            affine_clamp_kernel(
+                x, node.arrays["mul"], node.arrays["add"], np.float32(lo), np.float32(hi), clamp is not None, out
+            )
+        return out
+
+    # -- fused plan ------------------------------------------------------------------------------------
+    def prepare(self, graph: PackedGraph) -> None:
+        """Build a fused execution plan: bconv [-> add(residual)] [-> hardtanh] and affine -> hardtanh become
+        one kernel call each, executed at the position of the last node of the group."""
+        nodes = graph.nodes
+        readers: dict[str, list[Node]] = {n.name: [] for n in nodes}
+        for n in nodes:
+            for i in n.inputs:
+                readers[i].append(n)
+        pos = {n.name: k for k, n in enumerate(nodes)}
+        out_name = graph.output
+        skip: set[str] = set()
+        steps = []  # (position, result name, first node of the group, callable(env) -> array)
+
+        def sole_reader(name: str, op: str) -> Node | None:
+            rs = readers[name]
+            if len(rs) == 1 and rs[0].op == op and name != out_name:
+                return rs[0]
+            return None
+
+        for n in nodes:
+            if n.name in skip:
+                continue
+            if n.op == "input":
+                continue
+            if n.op in ("bconv", "blinear"):
+                self._p(n)
+                last, res_name, clamp = n, None, None
+                add = sole_reader(n.name, "add")
+                if add is not None and n.op == "bconv" and add.name not in skip:
+                    other = add.inputs[1] if add.inputs[0] == n.name else add.inputs[0]
+                    if other != n.name:
+                        res_name, last = other, add
+                ht = sole_reader(last.name, "hardtanh")
+                if ht is not None:
+                    clamp, last = (ht.attrs["min"], ht.attrs["max"]), ht
+                group = {n.name, last.name} | ({add.name} if res_name else set())
+                skip |= group
+                steps.append((pos[last.name], last.name, n, self._bin_step(n, res_name, clamp)))
+                continue
+            if n.op == "affine":
+                ht = sole_reader(n.name, "hardtanh")
+                if ht is not None:
+                    skip.add(ht.name)
+                    steps.append((pos[ht.name], ht.name, n, self._affine_step(n, (ht.attrs["min"], ht.attrs["max"]))))
+                    continue
+            steps.append((pos[n.name], n.name, n, self._plain_step(n)))
+        steps.sort(key=lambda s: s[0])
+        self.input_name, self.output_name = nodes[0].name, out_name
+        self.steps = [(name, _KIND.get(node.op, "other"), fn) for _, name, node, fn in steps]
+        order = [(name, fn) for name, _, fn in self.steps]
+        input_name = self.input_name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            env = {input_name: x}
+            for name, fn in order:
+                env[name] = fn(env)
+            return env[out_name]
+
+        self.plan = lambda x: self.tiles(run, x)
+
+    def profile(self, x: np.ndarray, repeats: int = 5) -> dict[str, float]:
+        """Median seconds per op kind (:data:`PROFILE_KINDS`) over ``repeats`` runs of the plan on internal
+        (NHWC) input ``x``, untiled on this thread with the kernels' usual thread counts: where the time goes."""
+        runs = [run_managed(self._profile_once, x, numba.get_num_threads()) for _ in range(max(1, repeats))]
+        return {k: statistics.median(r[k] for r in runs) for k in PROFILE_KINDS}
+
+    def _profile_once(self, x: np.ndarray) -> dict[str, float]:
+        times = dict.fromkeys(PROFILE_KINDS, 0.0)
+        self._profiling.times = times
+        env = {self.input_name: x}
+        start = time.perf_counter()
+        try:
+            for name, kind, fn in self.steps:
+                packed_before, t0 = times["input packing"], time.perf_counter()
+                env[name] = fn(env)
+                # a binary step's packing was added to "input packing" inside it: count it once
+                times[kind] += time.perf_counter() - t0 - (times["input packing"] - packed_before)
+        finally:
+            self._profiling.times = None
+        times["other"] += max(0.0, time.perf_counter() - start - sum(times.values()))
+        return times
+
+    def _bin_step(self, node: Node, res_name: str | None, clamp):
+        src = node.inputs[0]
+        if res_name is None:
+            return lambda env: self.bconv(node, env[src], None, clamp)
+        return lambda env: self.bconv(node, env[src], np.ascontiguousarray(env[res_name], dtype=np.float32), clamp)
+
+    def _affine_step(self, node: Node, clamp):
+        src = node.inputs[0]
+        return lambda env: self.affine(node, env[src], clamp)
+
+    def _plain_step(self, node: Node):
+        fn = getattr(self, node.op)
+        ins = list(node.inputs)
+        return lambda env: fn(node, *[env[i] for i in ins])
+
+
