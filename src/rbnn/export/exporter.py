@@ -24,6 +24,9 @@ import torch
 from torch import fx, nn
 
 from ..errors import RbnnError
+from ..functional.sign import sign
+from ..functional.transforms import libra_pb_scale, mean_abs_scale
+from ..models.reactnet import RPReLU
 from ..nn.layers import BinaryConv2d, BinaryLinear, BinaryMixin
 from ..nn.recipe import BinaryRecipe
 from ..runtime import format as fmt
@@ -35,20 +38,10 @@ class ExportError(RbnnError):
     """The model uses something the packed format cannot express (message names the node)."""
 
 
-def _rprelu_type() -> type | None:
-    """ReActNet's RPReLU class (None if the model zoo is absent): traced as a leaf, exported as one prelu op."""
-    try:
-        from ..models.reactnet import RPReLU
-    except ImportError:  # pragma: no cover - the deploy package works without the model zoo
-        return None
-    return RPReLU
-
-
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # RPReLU reads its biases with get_attr, which the op graph cannot hold: keep it whole
-        rprelu = _rprelu_type()
-        if isinstance(m, BinaryMixin | nn.PReLU) or (rprelu is not None and isinstance(m, rprelu)):
+        if isinstance(m, BinaryMixin | nn.PReLU | RPReLU):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -86,8 +79,6 @@ def _np32(t: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def _sign_np(w: torch.Tensor, zero: int) -> np.ndarray:
     """sign with the recipe's sign(0), computed by torch in the weight's own dtype (as the layer does)."""
-    from ..functional.sign import sign
-
     return sign(w.detach(), zero).cpu().numpy()
 
 
@@ -98,8 +89,6 @@ def binary_weight_and_scale(layer: BinaryMixin) -> tuple[np.ndarray, np.ndarray]
     B = sign(mixed_weight()) (for RBNN the mixed *rotated* weight, not sign(W)); m = weight scale (mean|w|,
     power of two, ReBNN's deploy_scale()) times the learned output scale λ (RBNN, may be negative).
     """
-    from ..functional.transforms import libra_pb_scale, mean_abs_scale
-
     r: BinaryRecipe = layer.recipe
     with torch.no_grad():
         w = layer.mixed_weight().detach()
@@ -213,10 +202,9 @@ def _bn_node(name: str, qual: str, bn: nn.modules.batchnorm._BatchNorm, inputs: 
 
 def _prelu_node(name: str, qual: str, m: nn.Module, channels: int, inputs: list[str]) -> Node:
     """``(z if z > 0 else slope·z) + shift_out`` with ``z = x + shift_in``, per channel, float32 as torch does."""
-    rprelu = _rprelu_type()
     if isinstance(m, nn.PReLU):
         prelu, b1, b2 = m, None, None
-    elif rprelu is not None and isinstance(m, rprelu):
+    elif isinstance(m, RPReLU):
         prelu, b1, b2 = m.prelu, m.bias1, m.bias2
     else:
         raise ExportError(f"node {name!r} ({qual}): {type(m).__name__} is not a PReLU")
@@ -360,7 +348,7 @@ def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Nod
                 nodes.append(Node(n.name, "hardtanh", [x], {"min": float(m.min_val), "max": float(m.max_val)}))
             elif isinstance(m, nn.ReLU):
                 nodes.append(Node(n.name, "relu", [x]))
-            elif isinstance(m, nn.PReLU) or (_rprelu_type() is not None and isinstance(m, _rprelu_type())):
+            elif isinstance(m, nn.PReLU | RPReLU):
                 if out.dim() not in (2, 4):
                     raise unsupported(n, f"{type(m).__name__} {qual} on a rank-{out.dim()} tensor")
                 nodes.append(_prelu_node(n.name, qual, m, int(out.shape[1]), [x]))
