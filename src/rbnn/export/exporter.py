@@ -246,232 +246,239 @@ def _pool_args(k, s, p, d=1, ceil_mode: bool = False, count_include_pad: bool = 
 
 
 def _translate(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> tuple[list[Node], str, list[dict]]:
-    modules = dict(gm.named_modules())
-    nodes: list[Node] = []
-    alias: dict[str, str] = {}
-    float_layers: list[dict] = []
-    out_name = None
+    """The traced graph as packed nodes: (nodes, output name, float layers)."""
+    return _Translator(gm, values).run()
 
-    def is_tensor(a) -> bool:
-        return isinstance(a, fx.Node) and isinstance(values.get(a), torch.Tensor)
 
-    def src(a) -> str:
-        if not is_tensor(a):
+_UNSUPPORTED_HINT = ("the packed format supports Conv2d, Linear, binary layers, BatchNorm, Hardtanh/ReLU/PReLU/RPReLU, "
+                     "Max/AvgPool, global avg pool, add, channel zero-pad, strided slicing and flatten")
+
+
+class _Translator:
+    """Walks an fx graph once; each module type and each function has its own small translation method."""
+
+    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, Any]) -> None:
+        self.modules = dict(gm.named_modules())
+        self.graph = gm.graph
+        self.values = values
+        self.nodes: list[Node] = []
+        self.alias: dict[str, str] = {}  # fx node name -> the packed node it passes through unchanged
+        self.float_layers: list[dict] = []
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def is_tensor(self, a) -> bool:
+        return isinstance(a, fx.Node) and isinstance(self.values.get(a), torch.Tensor)
+
+    def src(self, a) -> str:
+        if not self.is_tensor(a):
             raise ExportError(f"expected a tensor argument, got {a!r}")
-        return alias.get(a.name, a.name)
+        return self.alias.get(a.name, a.name)
 
-    def const(a):
+    def const(self, a):
         if isinstance(a, fx.Node):
-            v = values[a]
+            v = self.values[a]
             if isinstance(v, torch.Tensor):
                 raise ExportError(f"node {a.name!r}: a tensor is used where a constant is needed")
             return v
         if isinstance(a, list | tuple):
-            return type(a)(const(i) for i in a)
+            return type(a)(self.const(i) for i in a)
         return a
 
+    @staticmethod
     def unsupported(n: fx.Node, what: str) -> ExportError:
-        return ExportError(
-            f"unsupported op at fx node {n.name!r} ({n.op} {what}); the packed format supports "
-            "Conv2d, Linear, binary layers, BatchNorm, Hardtanh/ReLU/PReLU/RPReLU, Max/AvgPool, global avg "
-            "pool, add, channel zero-pad, strided slicing and flatten"
-        )
+        return ExportError(f"unsupported op at fx node {n.name!r} ({n.op} {what}); {_UNSUPPORTED_HINT}")
 
-    def shape(n: fx.Node) -> tuple[int, ...]:
-        return tuple(values[n].shape)
+    def shape(self, n: fx.Node) -> tuple[int, ...]:
+        return tuple(self.values[n].shape)
 
-    for n in gm.graph.nodes:
-        if n.op == "placeholder":
-            if nodes:
-                raise unsupported(n, "second input")
-            nodes.append(Node(n.name, "input", [], {"shape": list(shape(n)[1:])}))
-            continue
-        if n.op == "output":
-            arg = n.args[0]
-            if not is_tensor(arg):
-                raise ExportError(f"model output must be one tensor, got {type(values.get(arg, arg)).__name__}")
-            out_name = src(arg)
-            continue
-        if n.op == "get_attr":
-            if isinstance(values.get(n), torch.Tensor):
-                raise unsupported(n, f"get_attr {n.target}")
-            continue
-        out = values.get(n)
-        if not isinstance(out, torch.Tensor):
-            continue  # python-level values (sizes, shapes): used as constants by readers
-        tensor_args = [a for a in n.args if is_tensor(a)]
-        if n.op == "call_module":
-            m = modules[n.target]
-            qual = str(n.target)
-            x = src(n.args[0])
-            if isinstance(m, BinaryMixin):
-                nodes.append(_binary_node(n.name, qual, m, [x]))
-            elif isinstance(m, nn.Conv2d):
-                if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str) and m.padding != "valid":
-                    raise unsupported(n, f"Conv2d {qual} (groups/padding mode)")
-                pad = [0, 0] if isinstance(m.padding, str) else _pair(m.padding)
-                nodes.append(
-                    Node(
-                        n.name,
-                        "conv",
-                        [x],
-                        {
-                            "module": qual,
-                            "stride": _pair(m.stride),
-                            "padding": pad,
-                            "dilation": _pair(m.dilation),
-                        },
-                        {
-                            "weight": _np32(m.weight),
-                            "bias": _np32(m.bias if m.bias is not None else torch.zeros(m.out_channels)),
-                        },
-                    )
-                )
-                float_layers.append({"name": qual, "kind": "Conv2d", "params": int(m.weight.numel())})
-            elif isinstance(m, nn.Linear):
-                nodes.append(
-                    Node(
-                        n.name,
-                        "linear",
-                        [x],
-                        {"module": qual},
-                        {
-                            "weight": _np32(m.weight),
-                            "bias": _np32(m.bias if m.bias is not None else torch.zeros(m.out_features)),
-                        },
-                    )
-                )
-                float_layers.append({"name": qual, "kind": "Linear", "params": int(m.weight.numel())})
-            elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-                nodes.append(_bn_node(n.name, qual, m, [x]))
-            elif isinstance(m, nn.Hardtanh):
-                nodes.append(Node(n.name, "hardtanh", [x], {"min": float(m.min_val), "max": float(m.max_val)}))
-            elif isinstance(m, nn.ReLU):
-                nodes.append(Node(n.name, "relu", [x]))
-            elif isinstance(m, nn.PReLU | RPReLU):
-                if out.dim() not in (2, 4):
-                    raise unsupported(n, f"{type(m).__name__} {qual} on a rank-{out.dim()} tensor")
-                nodes.append(_prelu_node(n.name, qual, m, int(out.shape[1]), [x]))
-            elif isinstance(m, nn.MaxPool2d):
-                if m.return_indices:
-                    raise unsupported(n, f"MaxPool2d {qual} with return_indices")
-                nodes.append(
-                    Node(
-                        n.name,
-                        "maxpool",
-                        [x],
-                        _pool_args(m.kernel_size, m.stride, m.padding, m.dilation, bool(m.ceil_mode)),
-                    )
-                )
-            elif isinstance(m, nn.AvgPool2d):
-                if m.divisor_override:
-                    raise unsupported(n, f"AvgPool2d {qual} with divisor_override")
-                pa = _pool_args(m.kernel_size, m.stride, m.padding, 1, bool(m.ceil_mode), bool(m.count_include_pad))
-                nodes.append(Node(n.name, "avgpool", [x], pa))
-            elif isinstance(m, nn.AdaptiveAvgPool2d):
-                if tuple(out.shape[-2:]) == (1, 1):
-                    nodes.append(Node(n.name, "gap", [x]))
-                elif tuple(out.shape) == tuple(values[n.args[0]].shape):
-                    alias[n.name] = x
-                else:
-                    raise unsupported(n, f"AdaptiveAvgPool2d {qual} to {tuple(out.shape[-2:])}")
-            elif isinstance(m, nn.Flatten):
-                if m.start_dim != 1 or m.end_dim != -1:
-                    raise unsupported(n, f"Flatten {qual}({m.start_dim}, {m.end_dim})")
-                nodes.append(Node(n.name, "flatten", [x]))
-            elif isinstance(m, nn.Identity | nn.Dropout):
-                alias[n.name] = x
+    # ---- the walk ------------------------------------------------------------------------------
+    def run(self) -> tuple[list[Node], str, list[dict]]:
+        out_name = None
+        for n in self.graph.nodes:
+            if n.op == "placeholder":
+                if self.nodes:
+                    raise self.unsupported(n, "second input")
+                self.nodes.append(Node(n.name, "input", [], {"shape": list(self.shape(n)[1:])}))
+            elif n.op == "output":
+                arg = n.args[0]
+                if not self.is_tensor(arg):
+                    got = type(self.values.get(arg, arg)).__name__
+                    raise ExportError(f"model output must be one tensor, got {got}")
+                out_name = self.src(arg)
+            elif n.op == "get_attr":
+                if isinstance(self.values.get(n), torch.Tensor):
+                    raise self.unsupported(n, f"get_attr {n.target}")
+            elif not isinstance(self.values.get(n), torch.Tensor):
+                continue  # python-level values (sizes, shapes): used as constants by readers
+            elif n.op == "call_module":
+                self.module(n, self.modules[n.target], self.values[n])
+            elif n.op in ("call_function", "call_method"):
+                self.function(n, self.values[n])
             else:
-                raise unsupported(n, f"module {qual} of type {type(m).__name__}")
-            continue
-        if n.op in ("call_function", "call_method"):
-            t = n.target
-            name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
-            if (
-                name in ("add", "iadd", "__add__")
-                and len(tensor_args) == 2
-                and len(n.args) == 2
-                and not n.kwargs.get("alpha", 1) != 1
-            ):
-                a, b = (src(a) for a in n.args)
-                if shape(n.args[0]) != shape(n.args[1]):
-                    raise unsupported(n, f"add with broadcasting {shape(n.args[0])} + {shape(n.args[1])}")
-                nodes.append(Node(n.name, "add", [a, b]))
-            elif t is operator.getitem and is_tensor(n.args[0]):
-                idx = const(n.args[1])
-                idx = idx if isinstance(idx, tuple) else (idx,)
-                if not all(isinstance(s, slice) for s in idx) or len(idx) > len(shape(n.args[0])):
-                    raise unsupported(n, f"indexing {idx!r} (only slices are supported)")
-                sl = []
-                for d, s in enumerate(idx):
-                    st, sp, step = s.indices(shape(n.args[0])[d])
-                    if d == 0 and (st, step) != (0, 1) or (d == 0 and sp != shape(n.args[0])[0]):
-                        raise unsupported(n, "slicing the batch dimension")
-                    # keep the slice as written (None = open end), so other batch sizes and image sizes work
-                    sl.append(
-                        [None, None, None]
-                        if d == 0
-                        else [None if v is None else int(v) for v in (s.start, s.stop, s.step)]
-                    )
-                nodes.append(Node(n.name, "slice", [src(n.args[0])], {"nchw_slices": sl}))
-            elif name == "pad" and t is not None and is_tensor(n.args[0]):
-                pads = [int(p) for p in const(n.args[1] if len(n.args) > 1 else n.kwargs["pad"])]
-                mode = const(n.args[2]) if len(n.args) > 2 else n.kwargs.get("mode", "constant")
-                value = const(n.args[3]) if len(n.args) > 3 else n.kwargs.get("value", None)
-                if mode != "constant" or value not in (None, 0, 0.0) or min(pads) < 0:
-                    raise unsupported(n, f"pad mode={mode!r} value={value!r} pads={pads}")
-                nodes.append(Node(n.name, "pad", [src(n.args[0])], {"torch_pad": pads}))
-            elif name in ("flatten", "view", "reshape"):
-                ins, outs = shape(n.args[0]), tuple(out.shape)
-                if len(outs) == 2 and outs[0] == ins[0] and math.prod(ins[1:]) == outs[1]:
-                    nodes.append(Node(n.name, "flatten", [src(n.args[0])]))
-                elif outs == ins:
-                    alias[n.name] = src(n.args[0])
-                else:
-                    raise unsupported(n, f"{name} {ins} -> {outs}")
-            elif name in ("hardtanh", "hardtanh_", "clamp", "clip") and is_tensor(n.args[0]):
-                lo = const(n.args[1]) if len(n.args) > 1 else n.kwargs.get("min_val", n.kwargs.get("min", -1.0))
-                hi = const(n.args[2]) if len(n.args) > 2 else n.kwargs.get("max_val", n.kwargs.get("max", 1.0))
-                if lo is None or hi is None:
-                    raise unsupported(n, f"{name} with an open bound")
-                nodes.append(Node(n.name, "hardtanh", [src(n.args[0])], {"min": float(lo), "max": float(hi)}))
-            elif name in ("relu", "relu_"):
-                nodes.append(Node(n.name, "relu", [src(n.args[0])]))
-            elif name in ("contiguous", "dropout", "identity") and is_tensor(n.args[0]):
-                alias[n.name] = src(n.args[0])
-            elif name == "adaptive_avg_pool2d" and tuple(out.shape[-2:]) == (1, 1):
-                nodes.append(Node(n.name, "gap", [src(n.args[0])]))
-            elif name == "max_pool2d":
-                args = [const(a) for a in n.args[1:]]
-                kw = {k: const(v) for k, v in n.kwargs.items()}
-                k = args[0] if args else kw["kernel_size"]
-                s = args[1] if len(args) > 1 else kw.get("stride")
-                p = args[2] if len(args) > 2 else kw.get("padding", 0)
-                d = args[3] if len(args) > 3 else kw.get("dilation", 1)
-                ceil = args[4] if len(args) > 4 else kw.get("ceil_mode", False)
-                if (args[5] if len(args) > 5 else kw.get("return_indices", False)) or len(args) > 6:
-                    raise unsupported(n, "max_pool2d options")
-                nodes.append(Node(n.name, "maxpool", [src(n.args[0])], _pool_args(k, s, p, d, bool(ceil))))
-            elif name == "avg_pool2d":
-                args = [const(a) for a in n.args[1:]]
-                kw = {k: const(v) for k, v in n.kwargs.items()}
-                k = args[0] if args else kw["kernel_size"]
-                s = args[1] if len(args) > 1 else kw.get("stride")
-                p = args[2] if len(args) > 2 else kw.get("padding", 0)
-                ceil = args[3] if len(args) > 3 else kw.get("ceil_mode", False)
-                include = args[4] if len(args) > 4 else kw.get("count_include_pad", True)
-                divisor = args[5] if len(args) > 5 else kw.get("divisor_override")
-                if divisor is not None or len(args) > 6:
-                    raise unsupported(n, "avg_pool2d with divisor_override")
-                pa = _pool_args(k, s, p, 1, bool(ceil), bool(include))
-                nodes.append(Node(n.name, "avgpool", [src(n.args[0])], pa))
-            else:
-                raise unsupported(n, f"{name}")
-            continue
-        raise unsupported(n, str(n.target))
-    if out_name is None:
-        raise ExportError("the traced graph has no output")
-    return nodes, out_name, float_layers
+                raise self.unsupported(n, str(n.target))
+        if out_name is None:
+            raise ExportError("the traced graph has no output")
+        return self.nodes, out_name, self.float_layers
+
+    # ---- modules -------------------------------------------------------------------------------
+    def module(self, n: fx.Node, m: nn.Module, out: torch.Tensor) -> None:
+        qual, x = str(n.target), self.src(n.args[0])
+        if isinstance(m, BinaryMixin):
+            self.nodes.append(_binary_node(n.name, qual, m, [x]))
+        elif isinstance(m, nn.Conv2d):
+            self.conv(n, m, qual, x)
+        elif isinstance(m, nn.Linear):
+            bias = _np32(m.bias if m.bias is not None else torch.zeros(m.out_features))
+            self.nodes.append(Node(n.name, "linear", [x], {"module": qual}, {"weight": _np32(m.weight), "bias": bias}))
+            self.float_layers.append({"name": qual, "kind": "Linear", "params": int(m.weight.numel())})
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            self.nodes.append(_bn_node(n.name, qual, m, [x]))
+        elif isinstance(m, nn.Hardtanh):
+            self.nodes.append(Node(n.name, "hardtanh", [x], {"min": float(m.min_val), "max": float(m.max_val)}))
+        elif isinstance(m, nn.ReLU):
+            self.nodes.append(Node(n.name, "relu", [x]))
+        elif isinstance(m, nn.PReLU | RPReLU):
+            if out.dim() not in (2, 4):
+                raise self.unsupported(n, f"{type(m).__name__} {qual} on a rank-{out.dim()} tensor")
+            self.nodes.append(_prelu_node(n.name, qual, m, int(out.shape[1]), [x]))
+        elif isinstance(m, nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d):
+            self.pool_module(n, m, qual, x, out)
+        elif isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise self.unsupported(n, f"Flatten {qual}({m.start_dim}, {m.end_dim})")
+            self.nodes.append(Node(n.name, "flatten", [x]))
+        elif isinstance(m, nn.Identity | nn.Dropout):
+            self.alias[n.name] = x
+        else:
+            raise self.unsupported(n, f"module {qual} of type {type(m).__name__}")
+
+    def conv(self, n: fx.Node, m: nn.Conv2d, qual: str, x: str) -> None:
+        if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str) and m.padding != "valid":
+            raise self.unsupported(n, f"Conv2d {qual} (groups/padding mode)")
+        pad = [0, 0] if isinstance(m.padding, str) else _pair(m.padding)
+        attrs = {"module": qual, "stride": _pair(m.stride), "padding": pad, "dilation": _pair(m.dilation)}
+        bias = _np32(m.bias if m.bias is not None else torch.zeros(m.out_channels))
+        self.nodes.append(Node(n.name, "conv", [x], attrs, {"weight": _np32(m.weight), "bias": bias}))
+        self.float_layers.append({"name": qual, "kind": "Conv2d", "params": int(m.weight.numel())})
+
+    def pool_module(self, n: fx.Node, m: nn.Module, qual: str, x: str, out: torch.Tensor) -> None:
+        if isinstance(m, nn.MaxPool2d):
+            if m.return_indices:
+                raise self.unsupported(n, f"MaxPool2d {qual} with return_indices")
+            pa = _pool_args(m.kernel_size, m.stride, m.padding, m.dilation, bool(m.ceil_mode))
+            self.nodes.append(Node(n.name, "maxpool", [x], pa))
+        elif isinstance(m, nn.AvgPool2d):
+            if m.divisor_override:
+                raise self.unsupported(n, f"AvgPool2d {qual} with divisor_override")
+            pa = _pool_args(m.kernel_size, m.stride, m.padding, 1, bool(m.ceil_mode), bool(m.count_include_pad))
+            self.nodes.append(Node(n.name, "avgpool", [x], pa))
+        elif tuple(out.shape[-2:]) == (1, 1):
+            self.nodes.append(Node(n.name, "gap", [x]))
+        elif tuple(out.shape) == tuple(self.values[n.args[0]].shape):
+            self.alias[n.name] = x
+        else:
+            raise self.unsupported(n, f"AdaptiveAvgPool2d {qual} to {tuple(out.shape[-2:])}")
+
+    # ---- functions and methods -------------------------------------------------------------------
+    def function(self, n: fx.Node, out: torch.Tensor) -> None:
+        t = n.target
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        first_is_tensor = bool(n.args) and self.is_tensor(n.args[0])
+        if name in ("add", "iadd", "__add__") and len(n.args) == 2 and all(self.is_tensor(a) for a in n.args) \
+                and n.kwargs.get("alpha", 1) == 1:
+            self.add(n)
+        elif t is operator.getitem and first_is_tensor:
+            self.getitem(n)
+        elif name == "pad" and t is not None and first_is_tensor:
+            self.pad(n)
+        elif name in ("flatten", "view", "reshape"):
+            self.reshape(n, name, out)
+        elif name in ("hardtanh", "hardtanh_", "clamp", "clip") and first_is_tensor:
+            self.clamp(n, name)
+        elif name in ("relu", "relu_"):
+            self.nodes.append(Node(n.name, "relu", [self.src(n.args[0])]))
+        elif name in ("contiguous", "dropout", "identity") and first_is_tensor:
+            self.alias[n.name] = self.src(n.args[0])
+        elif name == "adaptive_avg_pool2d" and tuple(out.shape[-2:]) == (1, 1):
+            self.nodes.append(Node(n.name, "gap", [self.src(n.args[0])]))
+        elif name == "max_pool2d":
+            self.max_pool_fn(n)
+        elif name == "avg_pool2d":
+            self.avg_pool_fn(n)
+        else:
+            raise self.unsupported(n, f"{name}")
+
+    def add(self, n: fx.Node) -> None:
+        a, b = (self.src(a) for a in n.args)
+        if self.shape(n.args[0]) != self.shape(n.args[1]):
+            raise self.unsupported(n, f"add with broadcasting {self.shape(n.args[0])} + {self.shape(n.args[1])}")
+        self.nodes.append(Node(n.name, "add", [a, b]))
+
+    def getitem(self, n: fx.Node) -> None:
+        idx = self.const(n.args[1])
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        ins = self.shape(n.args[0])
+        if not all(isinstance(s, slice) for s in idx) or len(idx) > len(ins):
+            raise self.unsupported(n, f"indexing {idx!r} (only slices are supported)")
+        sl = []
+        for d, s in enumerate(idx):
+            st, sp, step = s.indices(ins[d])
+            if d == 0 and (st, step) != (0, 1) or (d == 0 and sp != ins[0]):
+                raise self.unsupported(n, "slicing the batch dimension")
+            # keep the slice as written (None = open end), so other batch sizes and image sizes work
+            written = [None if v is None else int(v) for v in (s.start, s.stop, s.step)]
+            sl.append([None, None, None] if d == 0 else written)
+        self.nodes.append(Node(n.name, "slice", [self.src(n.args[0])], {"nchw_slices": sl}))
+
+    def pad(self, n: fx.Node) -> None:
+        pads = [int(p) for p in self.const(n.args[1] if len(n.args) > 1 else n.kwargs["pad"])]
+        mode = self.const(n.args[2]) if len(n.args) > 2 else n.kwargs.get("mode", "constant")
+        value = self.const(n.args[3]) if len(n.args) > 3 else n.kwargs.get("value", None)
+        if mode != "constant" or value not in (None, 0, 0.0) or min(pads) < 0:
+            raise self.unsupported(n, f"pad mode={mode!r} value={value!r} pads={pads}")
+        self.nodes.append(Node(n.name, "pad", [self.src(n.args[0])], {"torch_pad": pads}))
+
+    def reshape(self, n: fx.Node, name: str, out: torch.Tensor) -> None:
+        ins, outs = self.shape(n.args[0]), tuple(out.shape)
+        if len(outs) == 2 and outs[0] == ins[0] and math.prod(ins[1:]) == outs[1]:
+            self.nodes.append(Node(n.name, "flatten", [self.src(n.args[0])]))
+        elif outs == ins:
+            self.alias[n.name] = self.src(n.args[0])
+        else:
+            raise self.unsupported(n, f"{name} {ins} -> {outs}")
+
+    def clamp(self, n: fx.Node, name: str) -> None:
+        kw = n.kwargs
+        lo = self.const(n.args[1]) if len(n.args) > 1 else kw.get("min_val", kw.get("min", -1.0))
+        hi = self.const(n.args[2]) if len(n.args) > 2 else kw.get("max_val", kw.get("max", 1.0))
+        if lo is None or hi is None:
+            raise self.unsupported(n, f"{name} with an open bound")
+        self.nodes.append(Node(n.name, "hardtanh", [self.src(n.args[0])], {"min": float(lo), "max": float(hi)}))
+
+    def _pool_fn_args(self, n: fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+        """F.max_pool2d / F.avg_pool2d arguments after the input, positional or keyword, as constants."""
+        args = [self.const(a) for a in n.args[1:]]
+        kw = {k: self.const(v) for k, v in n.kwargs.items()}
+        if len(args) > len(names):
+            raise self.unsupported(n, f"{n.target} options")
+        return {k: args[i] if i < len(args) else kw.get(k, defaults.get(k)) for i, k in enumerate(names)}
+
+    def max_pool_fn(self, n: fx.Node) -> None:
+        names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+        a = self._pool_fn_args(n, names, {"padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False})
+        if a["return_indices"]:
+            raise self.unsupported(n, "max_pool2d options")
+        pa = _pool_args(a["kernel_size"], a["stride"], a["padding"], a["dilation"], bool(a["ceil_mode"]))
+        self.nodes.append(Node(n.name, "maxpool", [self.src(n.args[0])], pa))
+
+    def avg_pool_fn(self, n: fx.Node) -> None:
+        names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+        a = self._pool_fn_args(n, names, {"padding": 0, "ceil_mode": False, "count_include_pad": True})
+        if a["divisor_override"] is not None:
+            raise self.unsupported(n, "avg_pool2d with divisor_override")
+        pa = _pool_args(a["kernel_size"], a["stride"], a["padding"], 1, bool(a["ceil_mode"]),
+                        bool(a["count_include_pad"]))
+        self.nodes.append(Node(n.name, "avgpool", [self.src(n.args[0])], pa))
 
 
 def _fold(nodes: list[Node], output: str) -> tuple[list[Node], str]:
