@@ -1,12 +1,16 @@
-"""RBNN cost, measured as ratios in one run: training step time of rbnn vs xnor on the same model, and the
-wall time of one rotation update of every binary layer of ImageNet ResNet-18.
+"""Training cost, measured as ratios in one run: the training step time of each method (fp, xnor, irnet, rbnn
+by default) relative to xnor on the same model, interleaved so machine-load drift hits all alike, and the wall
+time of one rotation update of every binary layer of ImageNet ResNet-18. ``fp`` (the same network in float) is
+the floor a binary method's training step cannot go under: its convolutions are the same float convolutions.
 
     python benchmarks/bench_rbnn.py [--model resnet20_bireal] [--batch 128] [--steps 20] [--threads 2]
+                                    [--methods fp,xnor,irnet,rbnn]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -55,21 +59,26 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, nargs=3, default=(1, 28, 28))
+    p.add_argument("--methods", default="fp,xnor,irnet,rbnn", help="comma-separated; ratios are against xnor")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     size = tuple(a.size)
-    # interleave the two methods so machine-load drift hits both alike
-    xs, rs = [], []
-    for _ in range(2):
-        xs += step_times(a.model, "xnor", a.batch, a.steps // 2, size)
-        rs += step_times(a.model, "rbnn", a.batch, a.steps // 2, size)
-    mx, mr = statistics.median(xs), statistics.median(rs)
-    print(f"{a.model}, batch {a.batch}, input {size}, {a.threads} threads, median of {len(xs)} steps after warm-up")
-    print(f"  xnor step {mx * 1e3:.1f} ms ({a.batch / mx:.0f} img/s)   rbnn step {mr * 1e3:.1f} ms "
-          f"({a.batch / mr:.0f} img/s)")
-    print(f"  rbnn / xnor step-time ratio: {mr / mx:.3f} (quartile range "
-          f"{statistics.quantiles(rs)[0] / statistics.quantiles(xs)[2]:.2f}-"
-          f"{statistics.quantiles(rs)[2] / statistics.quantiles(xs)[0]:.2f})")
+    methods = a.methods.split(",")
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(2):  # interleaved: machine-load drift hits every method alike
+        for m in methods:
+            times[m] += step_times(a.model, m, a.batch, a.steps // 2, size)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else "?"
+    print(f"{a.model}, batch {a.batch}, input {size}, {a.threads} threads, median of {a.steps} steps after warm-up; "
+          f"CPU {cpu}, torch {torch.__version__}")
+    base = statistics.median(times["xnor"]) if "xnor" in times else None
+    for m, ts in times.items():
+        med = statistics.median(ts)
+        q = statistics.quantiles(ts)
+        rel = f"   {med / base:.3f}x xnor" if base else ""
+        print(f"  {m:>10}: step {med * 1e3:6.1f} ms (quartiles {q[0] * 1e3:.0f}-{q[2] * 1e3:.0f}), "
+              f"{a.batch / med:5.0f} img/s{rel}")
     sec, n = rotation_update_seconds()
     print(f"  one rotation update (3 cycles) of all {n} binary layers of ImageNet resnet18: {sec:.3f} s")
 

@@ -34,6 +34,9 @@ RBNN_REFERENCE = BinaryRecipe(
     theta_init=math.pi / 2, zero=0, eps=0.0, scale_init="torch_default",
 )
 
+IRNET = BinaryRecipe(weight_transform="standardize", weight_estimator="ede", weight_scale="pow2",
+                     act_estimator="ede", **_IRNET_T)
+
 METHODS: dict[str, BinaryRecipe | None] = {
     "fp": None,
     # BNN: sign + clipped STE on weights and activations, no scale.
@@ -43,8 +46,10 @@ METHODS: dict[str, BinaryRecipe | None] = {
     # Bi-Real: magnitude-aware weights (detached mean|W|, clipped STE), ApproxSign (PPF) for activations.
     "bireal": BinaryRecipe(weight_estimator="clipped_ste", weight_scale="mean_abs_detached", act_estimator="approx"),
     # IR-Net: Libra-PB (standardize + power-of-two scale) and EDE for weights and activations.
-    "irnet": BinaryRecipe(weight_transform="standardize", weight_estimator="ede", weight_scale="pow2",
-                          act_estimator="ede", **_IRNET_T),
+    "irnet": IRNET,
+    # IR-Net plus RBNN's bi-rotation and adjustable alpha mix (full chain rule through R): rotation on top of
+    # the strongest baseline, everything else IR-Net's (docs/rbnn.md, the 16-epoch schedule study).
+    "irnet-rot": IRNET.replace(rotation=True, adjustable=True, rotation_grad="full"),
     # RBNN as the reference code computes it (sign(0)=0, no eps, stop-gradient through R).
     "rbnn-faithful": RBNN_REFERENCE,
     # RBNN, corrected (docs/rbnn.md): sign(0)=+1 (deployable), eps in both standardizations (no NaN), and the
