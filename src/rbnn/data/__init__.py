@@ -140,59 +140,78 @@ def _measured_norm(images: torch.Tensor) -> tuple[tuple, tuple]:
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
 
 
-def load_arrays(cfg: DataConfig):
-    """(train_x uint8 NCHW, train_y int64, test_x, test_y, num_classes, mean, std, classes, root description)
-    of an in-memory dataset, with subsets and resizing applied."""
+@dataclass
+class Arrays:
+    """An in-memory dataset after subsets and resizing: uint8 NCHW images, int64 labels, and what describes it."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple
+    std: tuple
+    classes: tuple
+    where: str  # the files' location (for messages), or "synthetic data"
+
+
+def _read_idx(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, tuple, str]:
+    """Fashion-MNIST / MNIST / any IDX files: (train x, train y, test x, test y, classes count, names, where)."""
     name = cfg.name
-    if name in ("fashion-mnist", "mnist", "idx"):
-        if cfg.root is None and name != "fashion-mnist":
-            raise DataError(f"data.name={name} needs data.root: {idx.IDX_HINT}")
-        root = Path(cfg.root or idx.FASHION_MNIST_ROOT)
-        hint = idx.FASHION_MNIST_HINT if name == "fashion-mnist" else idx.IDX_HINT
-        label = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "idx": "IDX dataset"}[name]
-        xtr, ytr, _, ltr = idx.load_idx_split(root, "train", hint, label)
-        xte, yte, _, lte = idx.load_idx_split(root, "test", hint, label)
-        if name == "idx":
-            num_classes = int(ytr.max()) + 1 if ytr.size else 1
-            classes = ()
-        else:
-            num_classes = 10
-            classes = idx.FASHION_MNIST_CLASSES if name == "fashion-mnist" else idx.MNIST_CLASSES
-            for path, x in ((ltr, xtr), (lte, xte)):
-                if x.shape[-2:] != (28, 28):
-                    raise DataError(f"{label} images at {path.parent} are {x.shape[-2]}x{x.shape[-1]}, "
-                                    "expected 28x28")
-        _check_labels(ytr, num_classes, ltr)
-        _check_labels(yte, num_classes, lte)
-        if xtr.shape[1:] != xte.shape[1:]:
-            raise DataError(f"IDX images under {root}: train {xtr.shape[1:]} and test {xte.shape[1:]} "
-                            "shapes differ")
-        where = str(root)
-    elif name == "cifar10":
+    if cfg.root is None and name != "fashion-mnist":
+        raise DataError(f"data.name={name} needs data.root: {idx.IDX_HINT}")
+    root = Path(cfg.root or idx.FASHION_MNIST_ROOT)
+    hint = idx.FASHION_MNIST_HINT if name == "fashion-mnist" else idx.IDX_HINT
+    label = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "idx": "IDX dataset"}[name]
+    xtr, ytr, _, ltr = idx.load_idx_split(root, "train", hint, label)
+    xte, yte, _, lte = idx.load_idx_split(root, "test", hint, label)
+    if name == "idx":
+        num_classes = int(ytr.max()) + 1 if ytr.size else 1
+        classes: tuple = ()
+    else:
+        num_classes = 10
+        classes = idx.FASHION_MNIST_CLASSES if name == "fashion-mnist" else idx.MNIST_CLASSES
+        for path, x in ((ltr, xtr), (lte, xte)):
+            if x.shape[-2:] != (28, 28):
+                raise DataError(f"{label} images at {path.parent} are {x.shape[-2]}x{x.shape[-1]}, expected 28x28")
+    _check_labels(ytr, num_classes, ltr)
+    _check_labels(yte, num_classes, lte)
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"IDX images under {root}: train {xtr.shape[1:]} and test {xte.shape[1:]} shapes differ")
+    return xtr, ytr, xte, yte, num_classes, classes, str(root)
+
+
+def _synthetic_arrays(cfg: DataConfig) -> Arrays:
+    size = cfg.image_size or 28
+    channels = int(getattr(cfg, "channels", 0) or 1)
+    num_classes = int(getattr(cfg, "num_classes", 0) or SYNTHETIC_CLASSES)
+    if cfg.subset < 0 or cfg.test_subset < 0:
+        raise DataError("data.subset and data.test_subset must be >= 0 (0 = the synthetic defaults "
+                        f"{SYNTHETIC_TRAIN}/{SYNTHETIC_TEST})")
+    ntr, nte = cfg.subset or SYNTHETIC_TRAIN, cfg.test_subset or SYNTHETIC_TEST
+    # uint8 images of both splits, plus the float32 template copy and noise of the larger one
+    need = (ntr + nte) * channels * size * size + 3 * 4 * max(ntr, nte) * channels * size * size
+    ensure_fits(need, f"synthetic data of {ntr}+{nte} images of {channels}x{size}x{size} (data.image_size)",
+                "use a smaller data.image_size or data.subset / data.test_subset")
+    xtr, ytr = make_synthetic(ntr, num_classes, (channels, size, size), seed=0, split="train")
+    xte, yte = make_synthetic(nte, num_classes, (channels, size, size), seed=0, split="test")
+    mean, std = _measured_norm(xtr)
+    return Arrays(xtr, ytr, xte, yte, num_classes, mean, std, tuple(f"class{i}" for i in range(num_classes)),
+                  "synthetic data")
+
+
+def load_arrays(cfg: DataConfig) -> Arrays:
+    """An in-memory dataset (every ``data.name`` but imagenet), with subsets and resizing applied."""
+    if cfg.name == "synthetic":
+        return _synthetic_arrays(cfg)
+    if cfg.name == "cifar10":
         if cfg.root is None:
             raise DataError(f"data.name=cifar10 needs data.root: {cifar.HINT}")
         d = cifar.load_cifar10(cfg.root)
         (xtr, ytr), (xte, yte) = d["train"], d["test"]
-        num_classes, classes = 10, cifar.CLASSES
-        where = str(cifar.find_dir(cfg.root))
-    else:  # synthetic
-        size = cfg.image_size or 28
-        channels = int(getattr(cfg, "channels", 0) or 1)
-        num_classes = int(getattr(cfg, "num_classes", 0) or SYNTHETIC_CLASSES)
-        if cfg.subset < 0 or cfg.test_subset < 0:
-            raise DataError("data.subset and data.test_subset must be >= 0 (0 = the synthetic defaults "
-                            f"{SYNTHETIC_TRAIN}/{SYNTHETIC_TEST})")
-        ntr, nte = cfg.subset or SYNTHETIC_TRAIN, cfg.test_subset or SYNTHETIC_TEST
-        # uint8 images of both splits, plus the float32 template copy and noise of the larger one
-        need = (ntr + nte) * channels * size * size + 3 * 4 * max(ntr, nte) * channels * size * size
-        ensure_fits(need, f"synthetic data of {ntr}+{nte} images of {channels}x{size}x{size} (data.image_size)",
-                    "use a smaller data.image_size or data.subset / data.test_subset")
-        xtr_t, ytr_t = make_synthetic(ntr, num_classes, (channels, size, size), seed=0, split="train")
-        xte_t, yte_t = make_synthetic(nte, num_classes, (channels, size, size), seed=0, split="test")
-        mean, std = _measured_norm(xtr_t)
-        classes = tuple(f"class{i}" for i in range(num_classes))
-        return xtr_t, ytr_t, xte_t, yte_t, num_classes, mean, std, classes, "synthetic data"
-
+        num_classes, classes, where = 10, cifar.CLASSES, str(cifar.find_dir(cfg.root))
+    else:
+        xtr, ytr, xte, yte, num_classes, classes, where = _read_idx(cfg)
     if len(ytr) == 0 or len(yte) == 0:
         raise DataError(f"{where}: {len(ytr)} training and {len(yte)} test images; each split needs at least one")
     ntr = _subset(len(ytr), cfg.subset, "subset", where)
@@ -200,13 +219,9 @@ def load_arrays(cfg: DataConfig):
     _check_resize_memory(ntr + nte, xtr.shape[1:], cfg.image_size, where)
     xtr_t = _resize(torch.from_numpy(np.ascontiguousarray(xtr[:ntr])), cfg.image_size)
     xte_t = _resize(torch.from_numpy(np.ascontiguousarray(xte[:nte])), cfg.image_size)
-    ytr_t = torch.from_numpy(ytr[:ntr].astype(np.int64))
-    yte_t = torch.from_numpy(yte[:nte].astype(np.int64))
-    if name == "idx":
-        mean, std = _measured_norm(xtr_t)
-    else:
-        mean, std = NORMALIZATION[name]
-    return xtr_t, ytr_t, xte_t, yte_t, num_classes, mean, std, classes, where
+    mean, std = _measured_norm(xtr_t) if cfg.name == "idx" else NORMALIZATION[cfg.name]
+    return Arrays(xtr_t, torch.from_numpy(ytr[:ntr].astype(np.int64)), xte_t,
+                  torch.from_numpy(yte[:nte].astype(np.int64)), num_classes, mean, std, tuple(classes), where)
 
 
 def default_augment(name: str, size: int, augment: bool | None) -> BatchAugment:
@@ -256,16 +271,16 @@ def build_loaders(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: 
                            tuple(classes))
         return train, test, info
 
-    xtr, ytr, xte, yte, num_classes, mean, std, classes, _ = load_arrays(cfg)
-    aug = default_augment(cfg.name, xtr.shape[-1], cfg.augment)
-    train = InMemoryLoader(xtr, ytr, bs, mean=mean, std=std, train=True, augment=aug,
+    d = load_arrays(cfg)
+    aug = default_augment(cfg.name, d.train_x.shape[-1], cfg.augment)
+    train = InMemoryLoader(d.train_x, d.train_y, bs, mean=d.mean, std=d.std, train=True, augment=aug,
                            global_batch_size=batch_size, **common)
-    test = InMemoryLoader(xte, yte, ebs, mean=mean, std=std, train=False, drop_last=cfg.drop_last_test,
-                          global_batch_size=eval_batch_size, **common)
-    info = DatasetInfo(cfg.name, num_classes, tuple(xtr.shape[1:]), len(ytr), len(yte), tuple(mean),
-                       tuple(std), tuple(classes))
+    test = InMemoryLoader(d.test_x, d.test_y, ebs, mean=d.mean, std=d.std, train=False,
+                          drop_last=cfg.drop_last_test, global_batch_size=eval_batch_size, **common)
+    info = DatasetInfo(cfg.name, d.num_classes, tuple(d.train_x.shape[1:]), len(d.train_y), len(d.test_y),
+                       tuple(d.mean), tuple(d.std), tuple(d.classes))
     return train, test, info
 
 
-__all__ = ["DATASETS", "DatasetInfo", "Loader", "InMemoryLoader", "FolderLoader", "BatchAugment",
+__all__ = ["DATASETS", "Arrays", "DatasetInfo", "Loader", "InMemoryLoader", "FolderLoader", "BatchAugment",
            "build_loaders", "load_arrays", "make_synthetic", "mix_seed"]
