@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_deploy_helpers import tiny
 
 from rbnn.functional.surrogates import ESTIMATORS
 from rbnn.nn import (
@@ -22,7 +23,6 @@ from rbnn.nn import (
     register_weight_scale,
 )
 from rbnn.nn.rebnn import rebnn_layers
-from test_deploy_helpers import tiny
 
 OLD = Path(__file__).parent / "data" / "old_layout_13.pt"
 

@@ -44,10 +44,10 @@ per-channel α or 0.02·|s|), ``auxiliary_loss`` and ``on_after_backward``; the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-
-from typing import TYPE_CHECKING
 
 from ..functional.sign import sign
 from .components import WeightScale, register_weight_scale
