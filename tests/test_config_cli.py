@@ -139,7 +139,8 @@ def _other_value(f: dataclasses.Field):
     """A valid value of recipe field ``f`` that differs from its default (checked by BinaryRecipe itself)."""
     import rbnn.nn.recipe as recipe_module
 
-    words = [w for v in vars(recipe_module).values() if isinstance(v, tuple) for w in v if isinstance(w, str)]
+    # the recipe module's name tuples and the component registries it validates against (name -> component)
+    words = [w for v in vars(recipe_module).values() if isinstance(v, tuple | dict) for w in v if isinstance(w, str)]
     d = f.default
     if isinstance(d, bool):
         candidates = [not d]

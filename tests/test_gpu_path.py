@@ -338,13 +338,13 @@ def test_rebnn_gamma_uses_one_all_reduce_for_all_layers(monkeypatch):
     for _, m in layers:
         m.prev_sign.mul_(-1)  # make flips happen so γ depends on the gradient maxima
     for name, m in layers:
-        twin = {k: v.clone() for k, v in m._rebnn_stash.items()}
+        twin = {k: v.clone() for k, v in m.weight_scale.stash.items()}
         saved = (m.gamma.clone(), m.prev_sign.clone())
-        m.on_after_backward()
+        m.weight_scale.on_after_backward(m)
         expected[name] = m.gamma.clone()
         m.gamma.copy_(saved[0])
         m.prev_sign.copy_(saved[1])
-        m._rebnn_stash.update(twin)
+        m.weight_scale.stash.update(twin)
     calls.clear()
     ModuleHooks(model).on_after_backward(model)
     assert calls == [sum(m.gamma.numel() for _, m in layers)], calls

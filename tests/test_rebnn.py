@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from rbnn import models
 from rbnn.diagnostics.oscillation import OscillationMonitor
 from rbnn.methods import METHODS, get_recipe, prepare
-from rbnn.nn.layers import BinaryConv2d, BinaryLinear, BinaryMixin, binary_modules
+from rbnn.nn.layers import BinaryConv2d, BinaryLinear, BinaryMixin, auxiliary_losses, binary_modules
 from rbnn.nn.rebnn import (
     RELEASED_BIN,
-    ReBNNConv2d,
-    ReBNNLinear,
+    ReBNNScale,
     flip_fraction,
     gamma_rule,
     rebnn_layers,
@@ -45,7 +44,7 @@ def _set_gamma(layer, values) -> None:
 # gradients
 def test_paper_weight_and_scale_gradients_closed_form():
     layer = _linear("rebnn")
-    assert isinstance(layer, ReBNNLinear) and isinstance(layer, BinaryLinear)
+    assert isinstance(layer.weight_scale, ReBNNScale) and isinstance(layer, BinaryLinear)
     w, a = layer.weight, layer.rebnn_alpha
     assert torch.allclose(a, w.detach().abs().mean(1))  # init mean|w_c|
     _set_gamma(layer, [0.3, 0.05, 0.0, 1.0])
@@ -116,7 +115,7 @@ def test_released_gradients_closed_form():
     b = RELEASED_BIN * torch.where(w.detach() >= 0, 1.0, -1.0).double()
     S = s.detach().abs()[:, None]
     assert torch.allclose(wh.detach(), S * b)
-    torch.testing.assert_close(layer.deploy_scale(), RELEASED_BIN * s.detach().abs())
+    torch.testing.assert_close(layer.weight_scale.fold(layer, w.detach()), RELEASED_BIN * s.detach().abs())
     (c * wh).sum().backward()
     wd = w.detach()
     r = wd - S * b
@@ -164,16 +163,16 @@ def test_gamma_rule_on_hand_built_flip_patterns():
         layer.weight[1, :50] *= -1  # 50 % flipped, large gradient     -> 0.5  -> clamped down to gamma
         layer.weight[2, :10] *= -1  # 10 % flipped, gradient 1e-3      -> 1e-4 (inside the range)
         # channel 3: no flip                                            -> 0    -> gamma_min
-    layer._rebnn_stash["grad_absmax"] = torch.tensor([1e-4, 1.0, 1e-3, 5.0], dtype=torch.float64)
+    layer.weight_scale.stash["grad_absmax"] = torch.tensor([1e-4, 1.0, 1e-3, 5.0], dtype=torch.float64)
     expected_flip = torch.tensor([0.01, 0.5, 0.1, 0.0])
     torch.testing.assert_close(flip_fraction(layer.prev_sign, sign_int8(layer.weight)), expected_flip)
-    layer.on_after_backward()
+    layer.weight_scale.on_after_backward(layer)
     torch.testing.assert_close(layer.gamma, torch.tensor([1e-5, 2e-4, 1e-4, 1e-5], dtype=torch.float64))
     assert torch.equal(layer.prev_sign, sign_int8(layer.weight))  # previous sign advanced
-    assert "grad_absmax" not in layer._rebnn_stash
+    assert "grad_absmax" not in layer.weight_scale.stash
     # the next iteration with no sign change: every channel at gamma_min
-    layer._rebnn_stash["grad_absmax"] = torch.full((4,), 10.0, dtype=torch.float64)
-    layer.on_after_backward()
+    layer.weight_scale.stash["grad_absmax"] = torch.full((4,), 10.0, dtype=torch.float64)
+    layer.weight_scale.on_after_backward(layer)
     assert torch.all(layer.gamma == 1e-5)
 
 
@@ -181,7 +180,7 @@ def test_backward_captures_max_abs_task_gradient():
     layer = _linear("rebnn", seed=5)
     c = torch.randn(4, 16, dtype=torch.float64)
     (c * rebnn_weight(layer)).sum().backward()
-    torch.testing.assert_close(layer._rebnn_stash["grad_absmax"], c.abs().amax(1))
+    torch.testing.assert_close(layer.weight_scale.stash["grad_absmax"], c.abs().amax(1))
     with torch.no_grad():
         rebnn_weight(layer)  # no-grad forwards (eval) capture nothing and do not fail
 
@@ -194,15 +193,16 @@ def _tiny_model(method: str, seed: int = 0, **overrides):
 
 def _train_steps(model, opt, batches):
     losses = []
-    hooks = [m for m in model.modules() if hasattr(m, "on_after_backward")]
-    aux_mods = [m for m in model.modules() if hasattr(m, "auxiliary_loss")]
+    hooks = [m for _, m in rebnn_layers(model)]
+    aux_terms = auxiliary_losses(model)
+    assert len(aux_terms) == len(hooks) > 0
     model.train()
     for x, y in batches:
-        loss = F.cross_entropy(model(x), y) + sum(m.auxiliary_loss() for m in aux_mods)
+        loss = F.cross_entropy(model(x), y) + sum(term() for term in aux_terms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for m in hooks:
-            m.on_after_backward()
+            m.weight_scale.on_after_backward(m)
         opt.step()
         losses.append(float(loss.detach()))
     return losses
@@ -315,7 +315,8 @@ def test_reactnet_builds_runs_and_traces(name, size, n_bin):
     assert len(info["binary_layers"]) == n_bin
     assert all(n.endswith(".conv") for n in info["binary_layers"])
     assert set(info["float_layers"]) == {"conv1", "fc", *(f"layer{i}.0.down.1" for i in (2, 3, 4))}
-    assert all(isinstance(m, ReBNNConv2d) and m.recipe.act_transform == "shift"
+    assert all(isinstance(m, BinaryConv2d) and isinstance(m.weight_scale, ReBNNScale)
+               and m.recipe.act_transform == "shift"
                and m.recipe.act_estimator == "approx" for _, m in binary_modules(model))
     x = torch.randn(2, *size)
     out = model(x)
@@ -332,8 +333,8 @@ def test_prepare_gives_rsign_on_other_models():
     model = models.create("resnet18", method=None, num_classes=10, input_size=(3, 32, 32))
     prepare(model, "rebnn")
     layers = binary_modules(model)
-    assert layers and all(isinstance(m, ReBNNConv2d) and hasattr(m, "act_shift") for _, m in layers)
-    assert all(hasattr(m, "deploy_scale") and m.deploy_scale().shape == (m.out_channels,) for _, m in layers)
+    assert layers and all(isinstance(m.weight_scale, ReBNNScale) and hasattr(m, "act_shift") for _, m in layers)
+    assert all(m.weight_scale.fold(m, m.weight).shape == (m.out_channels,) for _, m in layers)
 
 
 def test_methods_registered():
@@ -411,8 +412,8 @@ def _ddp_gamma_worker(rank: int, world: int, init: str, out: str) -> None:
         with torch.no_grad():
             layer.weight[:, :5] *= -1  # 50 % flipped vs prev_sign, in every channel
         # rank-local task gradients differ: the captured max must be all-reduced (MAX) before γ
-        layer._rebnn_stash["grad_absmax"] = torch.tensor([1e-4, 1e-5, 1e-6], dtype=torch.float64) * (rank + 1)
-        layer.on_after_backward()
+        layer.weight_scale.stash["grad_absmax"] = torch.tensor([1e-4, 1e-5, 1e-6], dtype=torch.float64) * (rank + 1)
+        layer.weight_scale.on_after_backward(layer)
         torch.save(layer.gamma.clone(), f"{out}/gamma{rank}.pt")
     finally:
         dist.destroy_process_group()

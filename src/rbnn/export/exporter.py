@@ -25,8 +25,8 @@ from torch import fx, nn
 
 from ..errors import RbnnError
 from ..functional.sign import sign
-from ..functional.transforms import libra_pb_scale, mean_abs_scale
 from ..models.reactnet import RPReLU
+from ..nn.components import PACKED_ACT_TRANSFORMS
 from ..nn.layers import BinaryConv2d, BinaryLinear, BinaryMixin
 from ..nn.recipe import BinaryRecipe
 from ..runtime import format as fmt
@@ -83,43 +83,36 @@ def _sign_np(w: torch.Tensor, zero: int) -> np.ndarray:
 
 
 def binary_weight_and_scale(layer: BinaryMixin) -> tuple[np.ndarray, np.ndarray]:
-    """(B, m): the ±1 (or ternary, sign(0)=0) weight the layer convolves with and the per-output-channel
-    multiplier of the integer dot product, so that layer(x) == (binary_input(x) * B) · m (+ bias · λ).
+    """(B, m): the ±1 (or ternary, sign(0)=0) weight and the per-output-channel float64 multiplier of the
+    integer dot product, so that layer(x) == (binary_input(x) * B) · m (+ bias, times m for an output-side scale).
 
-    B = sign(mixed_weight()) (for RBNN the mixed *rotated* weight, not sign(W)); m = weight scale (mean|w|,
-    power of two, ReBNN's deploy_scale()) times the learned output scale λ (RBNN, may be negative).
+    B = sign(mixed_weight()) (for RBNN the mixed *rotated* weight, not sign(W)); m is the weight scale
+    component's ``fold`` (mean|w|, a power of two, ReBNN's α, RBNN's λ which may be negative, ...).
     """
     r: BinaryRecipe = layer.recipe
     with torch.no_grad():
         w = layer.mixed_weight().detach()
         b = _sign_np(w, r.zero)
-        o = w.shape[0]
-        if r.weight_scale in ("mean_abs", "mean_abs_detached"):
-            s = mean_abs_scale(w).reshape(o)
-        elif r.weight_scale == "pow2":
-            s = libra_pb_scale(w).reshape(o)
-        elif r.weight_scale in ("rebnn", "rebnn_released"):
-            if not hasattr(layer, "deploy_scale"):
-                raise ExportError(
-                    f"layer with weight_scale={r.weight_scale!r} has no deploy_scale(); cannot fold its scale"
-                )
-            s = torch.as_tensor(layer.deploy_scale()).reshape(o)
-        elif r.weight_scale in ("none", "learned_output"):
-            s = torch.ones(o, dtype=w.dtype)
-        else:
-            raise ExportError(f"weight_scale {r.weight_scale!r} is not supported by export")
-        # sanity: the layer's own binary weight must be B * s (catches recipes whose semantics drifted)
-        bw = layer.binary_weight().detach()
-        expect = torch.as_tensor(b, dtype=bw.dtype) * s.reshape(-1, *([1] * (bw.dim() - 1))).to(bw.dtype)
+        m = layer.weight_scale.fold(layer, w).double().reshape(w.shape[0])
+        # sanity: the weight the layer actually runs with must be B * m (a component whose fold disagrees with
+        # its forward is caught here, with its name)
+        bw = layer.weight_and_bias()[0].detach()
+        expect = torch.as_tensor(b, dtype=bw.dtype) * m.reshape(-1, *([1] * (bw.dim() - 1))).to(bw)
         if not torch.allclose(bw, expect, rtol=1e-5, atol=1e-7):
             raise ExportError(
-                f"{type(layer).__name__}.binary_weight() is not sign(mixed_weight())·scale for "
-                f"weight_scale={r.weight_scale!r}; export cannot reproduce it"
+                f"{type(layer).__name__}: its weight is not sign(mixed_weight())·fold for weight_scale="
+                f"{r.weight_scale!r} ({type(layer.weight_scale).__name__}.fold disagrees with its forward)"
             )
-        m = s.double()
-        if r.weight_scale == "learned_output":
-            m = m * layer.scale.detach().double().reshape(o)
     return b, m.cpu().numpy()
+
+
+def input_transform_fold(layer: BinaryMixin, where: str) -> tuple[str, dict[str, np.ndarray]]:
+    """The packed node's ``act_transform`` and its arrays, as the layer's input transform folds them."""
+    kind, arrays = layer.input_transform.fold(layer)
+    if kind not in PACKED_ACT_TRANSFORMS:
+        raise ExportError(f"{where}: {type(layer.input_transform).__name__} folds to act_transform={kind!r}; "
+                          f"the packed format knows {', '.join(PACKED_ACT_TRANSFORMS)}")
+    return kind, {k: _np32(v) for k, v in arrays.items()}
 
 
 def _binary_node(name: str, qual: str, layer: BinaryMixin, inputs: list[str]) -> Node:
@@ -135,52 +128,53 @@ def _binary_node(name: str, qual: str, layer: BinaryMixin, inputs: list[str]) ->
         )
     b, m = binary_weight_and_scale(layer)
     o = b.shape[0]
+    act_transform, act_arrays = input_transform_fold(layer, f"node {name!r} ({qual})")
     attrs: dict[str, Any] = {
         "module": qual,
-        "act_transform": r.act_transform,
+        "act_transform": act_transform,
         "zero": int(r.zero),
         "eps": float(r.eps),
         "out_channels": int(o),
     }
     bias = layer.bias.detach().double().cpu().numpy() if layer.bias is not None else np.zeros(o)
-    lam = layer.scale.detach().double().cpu().numpy().reshape(o) if r.weight_scale == "learned_output" else 1.0
-    arrays: dict[str, np.ndarray] = {}
     if isinstance(layer, BinaryConv2d):
-        if layer.groups != 1:
-            raise ExportError(f"node {name!r} ({qual}): grouped binary conv (groups={layer.groups}) unsupported")
-        if isinstance(layer.padding, str):
-            if layer.padding != "valid":
-                raise ExportError(f"node {name!r} ({qual}): padding={layer.padding!r} unsupported; use ints")
-            pad = [0, 0]
-        else:
-            pad = _pair(layer.padding)
-        attrs.update(
-            op_kind="conv",
-            in_channels=int(layer.in_channels),
-            kernel=_pair(layer.kernel_size),
-            stride=_pair(layer.stride),
-            padding=pad,
-            dilation=_pair(layer.dilation),
-        )
-        # (O, KH, KW, C) flattened: packed along input channels, tap-major. On disk the taps are not padded to
-        # whole words (24-32x smaller than float32); the engines split the bits into per-tap words at load.
-        bt = np.transpose(b, (0, 2, 3, 1)).reshape(b.shape[0], -1)
-        op = "bconv"
+        op, bt = "bconv", _bconv_attrs(name, qual, layer, b, attrs)
     elif isinstance(layer, BinaryLinear):
         attrs.update(in_channels=int(layer.in_features))
-        bt = b
-        op = "blinear"
+        op, bt = "blinear", b
     else:
         raise ExportError(f"node {name!r} ({qual}): unknown binary layer type {type(layer).__name__}")
-    arrays["w_bits"] = pack_signs(bt)
+    arrays: dict[str, np.ndarray] = {"w_bits": pack_signs(bt)}
     if r.zero == 0:
         arrays["w_mask"] = pack_nonzero(bt)
     arrays["out_mul"] = _np32(m)
-    arrays["out_add"] = _np32(bias * lam)
+    arrays["out_add"] = _np32(bias * m if layer.weight_scale.output_side else bias)
     attrs["ternary"] = r.zero == 0
-    if r.act_transform == "shift":
-        arrays["act_shift"] = _np32(layer.act_shift)
+    arrays.update(act_arrays)
     return Node(name, op, inputs, attrs, arrays)
+
+
+def _bconv_attrs(name: str, qual: str, layer: BinaryConv2d, b: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    """Add a binary conv's geometry to ``attrs``; return its signs as (O, KH*KW*C), tap-major."""
+    if layer.groups != 1:
+        raise ExportError(f"node {name!r} ({qual}): grouped binary conv (groups={layer.groups}) unsupported")
+    if isinstance(layer.padding, str):
+        if layer.padding != "valid":
+            raise ExportError(f"node {name!r} ({qual}): padding={layer.padding!r} unsupported; use ints")
+        pad = [0, 0]
+    else:
+        pad = _pair(layer.padding)
+    attrs.update(
+        op_kind="conv",
+        in_channels=int(layer.in_channels),
+        kernel=_pair(layer.kernel_size),
+        stride=_pair(layer.stride),
+        padding=pad,
+        dilation=_pair(layer.dilation),
+    )
+    # (O, KH, KW, C) flattened: packed along input channels, tap-major. On disk the taps are not padded to
+    # whole words (24-32x smaller than float32); the engines split the bits into per-tap words at load.
+    return np.transpose(b, (0, 2, 3, 1)).reshape(b.shape[0], -1)
 
 
 def _bn_node(name: str, qual: str, bn: nn.modules.batchnorm._BatchNorm, inputs: list[str]) -> Node:
@@ -638,4 +632,4 @@ def export(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int,
     }
 
 
-__all__ = ["ExportError", "binary_weight_and_scale", "build_graph", "export", "trace"]
+__all__ = ["ExportError", "binary_weight_and_scale", "build_graph", "export", "input_transform_fold", "trace"]

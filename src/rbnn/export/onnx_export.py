@@ -17,10 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.layers import BinaryConv2d, BinaryMixin
-from .exporter import ExportError, binary_weight_and_scale
+from .exporter import ExportError, binary_weight_and_scale, input_transform_fold
 
 
 class _ExportBinary(nn.Module):
+    """A binary layer as the packed node computes it: the folded weight (±1 · multiplier), the folded bias and
+    the folded input transform, all read from the layer's components."""
+
     def __init__(self, layer: BinaryMixin) -> None:
         super().__init__()
         r = layer.recipe
@@ -32,21 +35,17 @@ class _ExportBinary(nn.Module):
         dt = layer.weight.dtype
         shape = (-1, *([1] * (layer.weight.dim() - 1)))
         self.register_buffer("weight", (torch.as_tensor(b) * torch.as_tensor(m).reshape(shape)).to(dt))
-        self.register_buffer("bias", None if layer.bias is None else self._bias(layer).to(dt))
+        bias = None if layer.bias is None else layer.bias.detach()
+        if bias is not None and layer.weight_scale.output_side:
+            bias = bias * torch.as_tensor(m).to(bias)
+        self.register_buffer("bias", None if bias is None else bias.to(dt))
         self.conv = isinstance(layer, BinaryConv2d)
         if self.conv:
             self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
-        self.act_transform = r.act_transform
+        self.act_transform, arrays = input_transform_fold(layer, type(layer).__name__)
         self.zero = r.zero
-        if r.act_transform == "shift":
-            self.register_buffer("shift", layer.act_shift.detach().clone())
-
-    @staticmethod
-    def _bias(layer: BinaryMixin) -> torch.Tensor:
-        b = layer.bias.detach()
-        if layer.recipe.weight_scale == "learned_output":
-            b = b * layer.scale.detach().reshape(-1)
-        return b
+        if self.act_transform == "shift":
+            self.register_buffer("shift", torch.as_tensor(arrays["act_shift"]).to(dt))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_transform == "shift":

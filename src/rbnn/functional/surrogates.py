@@ -14,6 +14,8 @@ compare against it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -111,7 +113,49 @@ class SignRBNN(_SignBase):
         return g * rbnn_grad(x, t, k), None, None, None
 
 
-ESTIMATORS = ("ste", "clipped_ste", "approx", "ede", "rbnn")
+@dataclass(frozen=True)
+class Estimator:
+    """A sign estimator: the exact sign in the forward (with the sign(0) convention), a surrogate in the backward.
+
+    ``function`` is the autograd Function (``apply(x, zero)``, or ``apply(x, zero, t, k)`` when ``scheduled``);
+    ``grad(x, t, k)`` is the closed-form derivative its backward multiplies by (tests and plots compare with it).
+    """
+
+    name: str
+    function: type[torch.autograd.Function]
+    grad: Callable[[torch.Tensor, float | torch.Tensor, float | torch.Tensor], torch.Tensor]
+    scheduled: bool = False  # uses the schedule values t, k
+
+    def __call__(self, x: torch.Tensor, zero: int = 1, t: float | torch.Tensor = 1.0,
+                 k: float | torch.Tensor = 1.0) -> torch.Tensor:
+        if self.scheduled:
+            return self.function.apply(x, zero, t, k)
+        return self.function.apply(x, zero)
+
+
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(estimator: Estimator) -> Estimator:
+    """Make ``estimator`` available by name to recipes (``weight_estimator`` / ``act_estimator``)."""
+    if estimator.name in ESTIMATORS:
+        raise ValueError(f"estimator {estimator.name!r} already registered")
+    ESTIMATORS[estimator.name] = estimator
+    return estimator
+
+
+register_estimator(Estimator("ste", SignSTE, lambda x, t, k: ste_grad(x)))
+register_estimator(Estimator("clipped_ste", SignClippedSTE, lambda x, t, k: clipped_ste_grad(x)))
+register_estimator(Estimator("approx", SignApprox, lambda x, t, k: approx_sign_grad(x)))
+register_estimator(Estimator("ede", SignEDE, ede_grad, scheduled=True))
+register_estimator(Estimator("rbnn", SignRBNN, rbnn_grad, scheduled=True))
+
+
+def get_estimator(name: str) -> Estimator:
+    est = ESTIMATORS.get(name)
+    if est is None:
+        raise ValueError(f"unknown estimator {name!r}; expected one of {', '.join(ESTIMATORS)}")
+    return est
 
 
 def binarize(x: torch.Tensor, estimator: str, zero: int = 1, t: float = 1.0, k: float = 1.0) -> torch.Tensor:
@@ -120,25 +164,9 @@ def binarize(x: torch.Tensor, estimator: str, zero: int = 1, t: float = 1.0, k: 
     ``t`` and ``k`` are floats or 0-d tensors (schedule values held as buffers, so no host sync is needed);
     only ``ede`` and ``rbnn`` use them.
     """
-    if estimator == "ste":
-        return SignSTE.apply(x, zero)
-    if estimator == "clipped_ste":
-        return SignClippedSTE.apply(x, zero)
-    if estimator == "approx":
-        return SignApprox.apply(x, zero)
-    if estimator == "ede":
-        return SignEDE.apply(x, zero, t, k)
-    if estimator == "rbnn":
-        return SignRBNN.apply(x, zero, t, k)
-    raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+    return get_estimator(estimator)(x, zero, t, k)
 
 
 def surrogate_grad(x: torch.Tensor, estimator: str, t: float = 1.0, k: float = 1.0) -> torch.Tensor:
     """Closed-form derivative of ``estimator`` at ``x`` (what the backward multiplies by)."""
-    return {
-        "ste": lambda: ste_grad(x),
-        "clipped_ste": lambda: clipped_ste_grad(x),
-        "approx": lambda: approx_sign_grad(x),
-        "ede": lambda: ede_grad(x, t, k),
-        "rbnn": lambda: rbnn_grad(x, t, k),
-    }[estimator]()
+    return get_estimator(estimator).grad(x, t, k)

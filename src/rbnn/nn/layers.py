@@ -1,23 +1,25 @@
 """BinaryConv2d and BinaryLinear: drop-in subclasses of nn.Conv2d / nn.Linear driven by a BinaryRecipe.
 
-All state that matters is a Parameter or a buffer (t, k, R1, R2, theta, scales), so ``state_dict`` round-trips
-and resume is exact. Schedules and rotation updates are applied from outside ``forward`` through
-``set_epoch`` and ``update_rotation`` (called by training callbacks), never inside it.
+A layer is thin: it holds its recipe's components (``weight_scale``, ``input_transform``: registered objects,
+see ``components.py``; the sign estimators of ``functional/surrogates.py``) and RBNN's rotation, and calls them.
+All state that matters is a Parameter or a buffer (t, k, R1, R2, theta, the components' state), so
+``state_dict`` round-trips and resume is exact. Schedules and rotation updates are applied from outside
+``forward`` through ``set_epoch`` and ``update_rotation`` (called by training callbacks), never inside it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..functional import output_scale, schedules
-from ..functional.standardized_sign import standardized_sign
-from ..functional.surrogates import binarize
-from ..functional.transforms import libra_pb_scale, mean_abs_scale, standardize_filters, standardize_samples
+from ..functional import schedules
+from ..functional.transforms import standardize_filters
 from ..rotation import factorize, haar_orthogonal, optimize_rotation, rotate
+from .components import INPUT_TRANSFORMS, WEIGHT_SCALES, InputTransform, WeightScale
 from .recipe import BinaryRecipe
 
 
@@ -26,6 +28,8 @@ class BinaryMixin:
 
     recipe: BinaryRecipe
     weight: nn.Parameter
+    weight_scale: WeightScale
+    input_transform: InputTransform
 
     # ---- construction -------------------------------------------------------------------------
     def _init_binary(self, recipe: BinaryRecipe, torch_default_weight: torch.Tensor | None = None) -> None:
@@ -43,18 +47,14 @@ class BinaryMixin:
             self.register_buffer("R2", haar_orthogonal(self.n2, dtype=dt).to(dev))
             if recipe.adjustable:
                 self.theta = nn.Parameter(torch.full((out_ch,), recipe.theta_init, dtype=dt, device=dev))
-        if recipe.weight_scale == "learned_output":
-            # RBNN's lambda: initialized to mean|W_c| at construction, learnable, not detached.
-            src = self.weight if recipe.scale_init == "weights" or torch_default_weight is None \
-                else torch_default_weight
-            self.scale = nn.Parameter(mean_abs_scale(src.detach()).reshape(out_ch).clone())
-        if recipe.weight_scale in ("rebnn", "rebnn_released"):
-            from .rebnn import init_rebnn_state
+        # the components register their state on the layer, in this order (the parameter order of checkpoints)
+        self.weight_scale = WEIGHT_SCALES[recipe.weight_scale](self, recipe, torch_default_weight)
+        self.input_transform = INPUT_TRANSFORMS[recipe.act_transform](self, recipe)
+        self._register_load_state_dict_pre_hook(self._before_load)
 
-            init_rebnn_state(self)
-        if recipe.act_transform == "shift":
-            in_ch = self.weight.shape[1] * getattr(self, "groups", 1)
-            self.act_shift = nn.Parameter(torch.zeros(in_ch, dtype=dt, device=dev))
+    def _before_load(self, state_dict: dict, prefix: str, *args) -> None:
+        """torch's load pre-hook: lets the weight scale complete a state dict that lacks its state."""
+        self.weight_scale.before_load(self, state_dict, prefix)
 
     @classmethod
     def from_float(cls, module: nn.Module, recipe: BinaryRecipe):
@@ -113,59 +113,32 @@ class BinaryMixin:
 
     def binary_weight(self) -> torch.Tensor:
         """The weight the layer convolves with: (scale *) sign(mixed weight), surrogate in the backward."""
-        r = self.recipe
-        if r.weight_estimator is None:  # real-valued weights (W32A1)
+        if self.recipe.weight_estimator is None:  # real-valued weights (W32A1)
             return self.mixed_weight()
-        if r.weight_scale in ("rebnn", "rebnn_released"):
-            from .rebnn import rebnn_weight
-
-            return rebnn_weight(self)
-        w = self.mixed_weight()
-        b = binarize(w, r.weight_estimator, r.zero, self.t, self.k)
-        if r.weight_scale == "mean_abs":
-            return b * mean_abs_scale(w)
-        if r.weight_scale == "mean_abs_detached":
-            return b * mean_abs_scale(w).detach()
-        if r.weight_scale == "pow2":
-            return b * libra_pb_scale(w)
-        return b
+        return self.weight_scale.quantize(self, self.mixed_weight())
 
     # ---- input path ----------------------------------------------------------------------------
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
+        """sign(input transform(x)) with the activation estimator (the transformed x for real activations)."""
         r = self.recipe
-        if r.act_rule == "rbnn":
-            t = torch.clamp(self.t, min=1.0)
-            k = torch.ones_like(self.k)
-        else:
-            t, k = self.t, self.k
-        if r.act_transform == "standardize_sample":
-            if r.act_estimator is not None:  # fused: same values and gradients, far fewer passes
-                return standardized_sign(x, r.act_estimator, r.zero, r.eps, t, k)
-            x = standardize_samples(x, eps=r.eps)
-        elif r.act_transform == "shift":
-            x = x + self.act_shift.reshape(1, -1, *([1] * (x.dim() - 2)))
         if r.act_estimator is None:
-            return x
-        return binarize(x, r.act_estimator, r.zero, t, k)
+            return self.input_transform.transform(self, x)
+        if r.act_rule == "rbnn":
+            return self.input_transform.binarize(self, x, torch.clamp(self.t, min=1.0), torch.ones_like(self.k))
+        return self.input_transform.binarize(self, x, self.t, self.k)
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What the layer's conv/linear runs with. RBNN's learned per-channel output scale lambda is applied to
-        the weight (and bias) rather than to the output: conv(x, b) * lambda == conv(x, lambda * b), and the
-        weight is tiny next to the activation tensor, so this saves a forward and two backward passes. While
-        training, lambda's gradient comes from the output instead (``scaled_output``; see
-        ``functional/output_scale.py``): from the weight it would be ~70x noisier in float32."""
-        w, bias = self.binary_weight(), self.bias
-        if self.recipe.weight_scale == "learned_output":
-            lam = output_scale.weight_side(self.scale)
-            w = w * lam.reshape(-1, *([1] * (w.dim() - 1)))
-            bias = None if bias is None else bias * lam
-        return w, bias
+        """What the layer's conv/linear runs with (an output-side scale, RBNN's lambda, is applied to the weight
+        and bias here, and gets its gradient from the output in ``scaled_output``)."""
+        return self.weight_scale.weight_and_bias(self, self.binary_weight(), self.bias)
 
     def scaled_output(self, y: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        """The layer's output, carrying lambda's gradient when the recipe learns an output scale."""
-        if self.recipe.weight_scale == "learned_output":
-            return output_scale.output_side(y, self.scale, channel_dim)
-        return y
+        """The layer's output, carrying an output-side scale's gradient."""
+        return self.weight_scale.output(self, y, channel_dim)
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """The weight scale's term for the training loss (ReBNN's reconstruction value), or None."""
+        return self.weight_scale.auxiliary_loss(self)
 
     def binary_extra_repr(self) -> str:
         r = self.recipe
@@ -207,8 +180,7 @@ class BinaryConv2d(nn.Conv2d, BinaryMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.weight_and_bias()
-        y = F.conv2d(self.binary_input(x), w, bias, self.stride, self.padding, self.dilation, self.groups)
-        return self.scaled_output(y, 1)
+        return self.scaled_output(self._conv_forward(self.binary_input(x), w, bias), 1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.binary_extra_repr()
@@ -247,5 +219,12 @@ class BinaryLinear(nn.Linear, BinaryMixin):
 def binary_modules(model: nn.Module) -> list[tuple[str, BinaryMixin]]:
     """(name, module) for every binary layer of ``model``, in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryMixin)]
+
+
+def auxiliary_losses(model: nn.Module) -> list[Callable[[], torch.Tensor]]:
+    """The extra loss terms the trainer adds: ``auxiliary_loss`` of every binary layer whose weight scale has
+    one (ReBNN) and of any other module that defines the method."""
+    return [m.auxiliary_loss for m in model.modules() if callable(getattr(m, "auxiliary_loss", None))
+            and not (isinstance(m, BinaryMixin) and m.auxiliary_loss() is None)]
 
 

@@ -1,6 +1,6 @@
 """ReBNN (Xu et al., AAAI 2023): learnable weight scale + weighted reconstruction loss with an adaptive γ.
 
-Two weight binarizers, selected by ``recipe.weight_scale`` (spec §4):
+Two weight binarizers, selected by ``recipe.weight_scale``:
 
 ``"rebnn"`` (the paper, Eq. 3.144–3.152)
     ŵ = α ⊙ sign(w), α learnable per output channel (``rebnn_alpha``, initialized to mean|w_c|). The custom
@@ -12,7 +12,7 @@ Two weight binarizers, selected by ``recipe.weight_scale`` (spec §4):
     The reconstruction term acts only through this backward; ``auxiliary_loss()`` returns its value
     *detached*, for logging (the engine adds it to the loss, which then changes no gradient).
 
-``"rebnn_released"`` (the released code, spec §4.3)
+``"rebnn_released"`` (the released code)
     ŵ = 0.02·|s_c|·sign(w), ``rebnn_s`` ~ randn. Identity STE and the latent w in the scale's task term:
 
         δw = S·g + γ (w − S b),   δS = Σ g ⊙ w − γ Σ (w − S b) ⊙ b,   b = 0.02·sign(w), S = |s|
@@ -36,26 +36,32 @@ State is all Parameters and buffers (``rebnn_alpha`` / ``rebnn_s``, ``gamma``, `
 (stage 1 → stage 2 through ``init_from``), α is re-initialized to mean|w_c| of the *loaded* weight and
 ``prev_sign`` to its sign (the released scale ``rebnn_s`` stays randn, as in the released code).
 
-Layers get their ReBNN methods (``on_after_backward``, ``auxiliary_loss``, ``deploy_scale``) by having their
-class switched to a subclass defined here (``ReBNNConv2d`` / ``ReBNNLinear``), the way
-``torch.nn.utils.parametrize`` does it; they stay instances of ``BinaryConv2d`` / ``BinaryLinear``.
+Both are weight-scale components (``rbnn.nn.components``), registered here under their recipe names: the layer
+holds one as ``layer.weight_scale``, which owns the weight path, the fold into the packed format (``fold``: the
+per-channel α or 0.02·|s|), ``auxiliary_loss`` and ``on_after_backward``; the trainer reaches them through
+``rbnn.nn.layers.auxiliary_losses`` and :func:`after_backward`.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..functional.sign import sign
-from .layers import BinaryConv2d, BinaryLinear
-from .recipe import BinaryRecipe
+from .components import WeightScale, register_weight_scale
+
+if TYPE_CHECKING:
+    from .layers import BinaryMixin
+    from .recipe import BinaryRecipe
 
 GAMMA_MODES = ("adaptive", "constant")
 RELEASED_BIN = 0.02  # the released code's constant multiplying sign(w)
-REBNN_SCALES = ("rebnn", "rebnn_released")
 
 
 def binarizes_weights(recipe: BinaryRecipe) -> bool:
+    """False for W32A1 recipes (real weights): such a layer keeps no ReBNN state."""
     return recipe.weight_estimator is not None
 
 
@@ -148,34 +154,134 @@ def sign_int8(w: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# layer state and weight path (called from rbnn.nn.layers)
-def init_rebnn_state(layer) -> None:
-    """Create the ReBNN parameters/buffers of ``layer`` and give it the ReBNN methods."""
-    r: BinaryRecipe = layer.recipe
-    if r.weight_scale not in REBNN_SCALES:
-        raise ValueError(f"init_rebnn_state: weight_scale={r.weight_scale!r} is not a ReBNN scale")
-    if not binarizes_weights(r):
-        return  # W32A1: real weights, no ReBNN state
+# the weight-scale components
+class _ReBNNScale(WeightScale):
+    """Shared by both ReBNN scales: γ (buffer ``gamma``), ``prev_sign``, the gradient stash, the hooks."""
+
+    def __init__(self, layer: BinaryMixin, recipe: BinaryRecipe, torch_default_weight: torch.Tensor | None = None
+                 ) -> None:
+        self.stash: dict[str, torch.Tensor] = {}  # max_j |∂L/∂ŵ_cj| of this iteration's backward(s)
+        self.enabled = binarizes_weights(recipe)
+        if not self.enabled:
+            return  # W32A1: real weights, no ReBNN state
+        _check_gamma(recipe)
+        w = layer.weight.detach()
+        self._init_scale(layer, w)
+        layer.register_buffer("gamma", torch.full((w.shape[0],), _initial_gamma(recipe), dtype=w.dtype,
+                                                  device=w.device))
+        layer.register_buffer("prev_sign", sign_int8(w))
+
+    def _init_scale(self, layer: BinaryMixin, w: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def channel_scale(self, layer: BinaryMixin) -> torch.Tensor:
+        """(C_out,) scale multiplying sign(w), detached."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fold(self, layer: BinaryMixin, w: torch.Tensor) -> torch.Tensor:
+        return self.channel_scale(layer).reshape(w.shape[0]).double()
+
+    def reconstruction_error(self, layer: BinaryMixin) -> torch.Tensor:
+        """w − scale ⊙ b with the scale actually used (detached)."""
+        w = layer.weight.detach()
+        return w - _channel_view(self.channel_scale(layer), w) * sign(w, layer.recipe.zero)
+
+    def auxiliary_loss(self, layer: BinaryMixin) -> torch.Tensor | None:
+        """(γ/2)·||w − α b||² summed over the layer, DETACHED: for logging only (the gradient of this term
+        already acts through the custom backward, so the engine's adding it to the loss counts nothing twice).
+        """
+        if not self.enabled:
+            return None
+        with torch.no_grad():
+            e = self.reconstruction_error(layer)
+            return 0.5 * (_channel_view(layer.gamma, e) * e * e).sum()
+
+    def take_grad_absmax(self, layer: BinaryMixin) -> torch.Tensor:
+        """This iteration's captured max_j |∂L/∂ŵ_cj| (zeros if no backward ran), removed from the stash."""
+        gmax = self.stash.pop("grad_absmax", None)
+        return torch.zeros_like(layer.gamma) if gmax is None else gmax.to(layer.gamma.dtype)
+
+    @torch.no_grad()
+    def on_after_backward(self, layer: BinaryMixin, reduced_grad_absmax: torch.Tensor | None = None) -> None:
+        """Once per iteration, after backward and before the optimizer step: update γ and ``prev_sign``.
+        ``reduced_grad_absmax``: the captured maximum already all-reduced by :func:`after_backward` (which
+        does it for all layers in one collective); None: take it from the stash and all-reduce it here."""
+        r = layer.recipe
+        cur = sign_int8(layer.weight)
+        if r.gamma_mode == "adaptive":
+            gmax = reduced_grad_absmax
+            if gmax is None:
+                gmax = _all_reduce_max(self.take_grad_absmax(layer))
+            flip = flip_fraction(layer.prev_sign, cur)
+            layer.gamma.copy_(gamma_rule(flip, gmax, r.gamma_min, r.gamma))
+        else:
+            self.stash.pop("grad_absmax", None)
+            layer.gamma.fill_(r.gamma)
+        layer.prev_sign.copy_(cur)
+
+    @torch.no_grad()
+    def before_load(self, layer: BinaryMixin, state_dict: dict, prefix: str) -> None:
+        """Stage 1 → stage 2 (a state dict with ``weight`` but no ReBNN state): γ and ``prev_sign`` start from
+        the *loaded* weight; the paper's α is re-initialized to its mean|w_c| too."""
+        w = state_dict.get(prefix + "weight")
+        if not self.enabled or not isinstance(w, torch.Tensor) or w.shape != layer.weight.shape:
+            return  # a shape mismatch is reported by torch's loader
+        self._reinit_scale(layer, state_dict, prefix, w.detach())
+        if prefix + "prev_sign" not in state_dict:
+            layer.prev_sign.copy_(sign_int8(w.detach()).to(layer.prev_sign.device))
+        if prefix + "gamma" not in state_dict:
+            layer.gamma.fill_(_initial_gamma(layer.recipe))
+
+    def _reinit_scale(self, layer: BinaryMixin, state_dict: dict, prefix: str, w: torch.Tensor) -> None:
+        """The scale when the state dict carries none (the released ``rebnn_s`` stays randn, as its code)."""
+
+
+class ReBNNScale(_ReBNNScale):
+    """The paper: ŵ = α ⊙ sign(w), α learnable (``rebnn_alpha``, init mean|w_c|), γ-weighted reconstruction."""
+
+    def _init_scale(self, layer: BinaryMixin, w: torch.Tensor) -> None:
+        layer.rebnn_alpha = nn.Parameter(_channel_mean_abs(w))
+
+    def channel_scale(self, layer: BinaryMixin) -> torch.Tensor:
+        return layer.rebnn_alpha.detach()
+
+    def quantize(self, layer: BinaryMixin, w: torch.Tensor) -> torch.Tensor:
+        r = layer.recipe
+        stash = self.stash if torch.is_grad_enabled() else None
+        return ReBNNWeight.apply(w, layer.rebnn_alpha, layer.gamma, r.zero, r.weight_estimator == "clipped_ste",
+                                 stash)
+
+    def _reinit_scale(self, layer: BinaryMixin, state_dict: dict, prefix: str, w: torch.Tensor) -> None:
+        if prefix + "rebnn_alpha" not in state_dict:
+            layer.rebnn_alpha.copy_(_channel_mean_abs(w).to(layer.rebnn_alpha))
+
+
+class ReBNNReleasedScale(_ReBNNScale):
+    """The released code: ŵ = 0.02·|s| ⊙ sign(w), ``rebnn_s`` ~ randn, identity STE, constant γ."""
+
+    def _init_scale(self, layer: BinaryMixin, w: torch.Tensor) -> None:
+        layer.rebnn_s = nn.Parameter(torch.randn(w.shape[0], dtype=w.dtype, device=w.device))
+
+    def channel_scale(self, layer: BinaryMixin) -> torch.Tensor:
+        return RELEASED_BIN * layer.rebnn_s.detach().abs()
+
+    def quantize(self, layer: BinaryMixin, w: torch.Tensor) -> torch.Tensor:
+        stash = self.stash if torch.is_grad_enabled() else None
+        return ReBNNReleasedWeight.apply(w, layer.rebnn_s.abs(), layer.gamma, layer.recipe.zero, stash)
+
+
+register_weight_scale("rebnn", ReBNNScale)
+register_weight_scale("rebnn_released", ReBNNReleasedScale)
+
+
+def _check_gamma(r: BinaryRecipe) -> None:
     if r.gamma_mode not in GAMMA_MODES:
         raise ValueError(f"recipe field gamma_mode={r.gamma_mode!r}; expected {' or '.join(GAMMA_MODES)}")
     if r.gamma < 0 or r.gamma_min < 0:
         raise ValueError(f"gamma and gamma_min must be >= 0, got {r.gamma}, {r.gamma_min}")
     if r.gamma_mode == "adaptive" and r.gamma_min > r.gamma:
         raise ValueError(f"adaptive gamma needs gamma_min <= gamma, got {r.gamma_min} > {r.gamma}")
-    w = layer.weight.detach()
-    out_ch = w.shape[0]
-    if r.weight_scale == "rebnn":
-        layer.rebnn_alpha = nn.Parameter(_channel_mean_abs(w))
-    else:
-        layer.rebnn_s = nn.Parameter(torch.randn(out_ch, dtype=w.dtype, device=w.device))
-    layer.register_buffer("gamma", torch.full((out_ch,), _initial_gamma(r), dtype=w.dtype, device=w.device))
-    layer.register_buffer("prev_sign", sign_int8(w))
-    layer._rebnn_stash = {}
-    cls = _REBNN_CLASSES.get(type(layer))
-    if cls is None and type(layer) not in _REBNN_CLASSES.values():
-        raise TypeError(f"ReBNN supports BinaryConv2d and BinaryLinear, not {type(layer).__name__}")
-    if cls is not None:
-        layer.__class__ = cls
 
 
 def _channel_mean_abs(w: torch.Tensor) -> torch.Tensor:
@@ -187,83 +293,17 @@ def _initial_gamma(r: BinaryRecipe) -> float:
     return r.gamma if r.gamma_mode == "constant" else r.gamma_min
 
 
-def rebnn_weight(layer) -> torch.Tensor:
-    """The weight ``layer`` convolves with (its ``binary_weight()`` for the ReBNN scales)."""
-    r: BinaryRecipe = layer.recipe
-    w = layer.weight
-    if not binarizes_weights(r):
-        return w
-    stash = layer._rebnn_stash if torch.is_grad_enabled() else None
-    if r.weight_scale == "rebnn":
-        clip = r.weight_estimator == "clipped_ste"
-        return ReBNNWeight.apply(w, layer.rebnn_alpha, layer.gamma, r.zero, clip, stash)
-    return ReBNNReleasedWeight.apply(w, layer.rebnn_s.abs(), layer.gamma, r.zero, stash)
+def is_rebnn_layer(m: nn.Module) -> bool:
+    """A binary layer whose weights are binarized with a ReBNN scale (so it has ``gamma`` and ``prev_sign``)."""
+    scale = getattr(m, "weight_scale", None)
+    return isinstance(scale, _ReBNNScale) and scale.enabled
 
 
-class ReBNNMixin:
-    """Methods of a ReBNN layer (mixed into BinaryConv2d / BinaryLinear by ``init_rebnn_state``)."""
-
-    def deploy_scale(self) -> torch.Tensor:
-        """(C_out,) scale multiplying sign(w): α (paper; positive in practice) or 0.02·|s| (released)."""
-        if self.recipe.weight_scale == "rebnn":
-            return self.rebnn_alpha.detach().clone()
-        return RELEASED_BIN * self.rebnn_s.detach().abs()
-
-    def scale_per_channel(self) -> torch.Tensor:
-        return self.deploy_scale()
-
-    def reconstruction_error(self) -> torch.Tensor:
-        """w − scale ⊙ b with the scale actually used (detached)."""
-        w = self.weight.detach()
-        b = sign(w, self.recipe.zero)
-        if self.recipe.weight_scale == "rebnn_released":
-            return w - _channel_view(self.rebnn_s.detach().abs(), w) * RELEASED_BIN * b
-        return w - _channel_view(self.rebnn_alpha.detach(), w) * b
-
-    def auxiliary_loss(self) -> torch.Tensor:
-        """(γ/2)·||w − α b||² summed over the layer, DETACHED: for logging only (the gradient of this term
-        already acts through the custom backward, so the engine's adding it to the loss counts nothing twice).
-        """
-        with torch.no_grad():
-            e = self.reconstruction_error()
-            return 0.5 * (_channel_view(self.gamma, e) * e * e).sum()
-
-    def take_grad_absmax(self) -> torch.Tensor:
-        """This iteration's captured max_j |∂L/∂ŵ_cj| (zeros if no backward ran), removed from the stash."""
-        gmax = self._rebnn_stash.pop("grad_absmax", None)
-        return torch.zeros_like(self.gamma) if gmax is None else gmax.to(self.gamma.dtype)
-
-    @torch.no_grad()
-    def on_after_backward(self, reduced_grad_absmax: torch.Tensor | None = None) -> None:
-        """Once per iteration, after backward and before the optimizer step: update γ and ``prev_sign``.
-        ``reduced_grad_absmax``: the captured maximum already all-reduced by :func:`after_backward` (which
-        does it for all layers in one collective); None: take it from the stash and all-reduce it here."""
-        r = self.recipe
-        cur = sign_int8(self.weight)
-        if r.gamma_mode == "adaptive":
-            gmax = reduced_grad_absmax
-            if gmax is None:
-                gmax = _all_reduce_max(self.take_grad_absmax())
-            flip = flip_fraction(self.prev_sign, cur)
-            self.gamma.copy_(gamma_rule(flip, gmax, r.gamma_min, r.gamma))
-        else:
-            self._rebnn_stash.pop("grad_absmax", None)
-            self.gamma.fill_(r.gamma)
-        self.prev_sign.copy_(cur)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        w = state_dict.get(prefix + "weight")
-        if isinstance(w, torch.Tensor) and w.shape == self.weight.shape:  # a mismatch is reported by super()
-            with torch.no_grad():
-                if self.recipe.weight_scale == "rebnn" and prefix + "rebnn_alpha" not in state_dict:
-                    self.rebnn_alpha.copy_(_channel_mean_abs(w.detach()).to(self.rebnn_alpha))
-                if prefix + "prev_sign" not in state_dict:
-                    self.prev_sign.copy_(sign_int8(w.detach()).to(self.prev_sign.device))
-                if prefix + "gamma" not in state_dict:
-                    self.gamma.fill_(_initial_gamma(self.recipe))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+def rebnn_weight(layer: BinaryMixin) -> torch.Tensor:
+    """The weight a ReBNN ``layer`` convolves with (its ``binary_weight()``)."""
+    if not is_rebnn_layer(layer):
+        return layer.weight
+    return layer.weight_scale.quantize(layer, layer.weight)
 
 
 def _all_reduce_max(t: torch.Tensor) -> torch.Tensor:
@@ -276,31 +316,20 @@ def _all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def after_backward(layers: list[ReBNNMixin]) -> None:
-    """``on_after_backward`` of every layer in ``layers`` with ONE all-reduce (MAX) of all their captured
+def after_backward(layers: list[BinaryMixin]) -> None:
+    """``on_after_backward`` of every ReBNN layer in ``layers`` with ONE all-reduce (MAX) of all their captured
     gradient maxima instead of one per layer (a ReActNet-18 has ~20 adaptive layers: 20 collectives per step)."""
     adaptive = [m for m in layers if m.recipe.gamma_mode == "adaptive"]
     if adaptive:
-        gmax = [m.take_grad_absmax() for m in adaptive]
+        gmax = [m.weight_scale.take_grad_absmax(m) for m in adaptive]
         flat = _all_reduce_max(torch.cat([g.to(torch.float64) for g in gmax]))
         for m, g, old in zip(adaptive, flat.split([g.numel() for g in gmax]), gmax):
-            m.on_after_backward(g.to(old.dtype))
+            m.weight_scale.on_after_backward(m, g.to(old.dtype))
     for m in layers:
         if m.recipe.gamma_mode != "adaptive":
-            m.on_after_backward()
+            m.weight_scale.on_after_backward(m)
 
 
-class ReBNNConv2d(ReBNNMixin, BinaryConv2d):
-    """A BinaryConv2d with a ReBNN weight scale (created by ``init_rebnn_state``, not directly)."""
-
-
-class ReBNNLinear(ReBNNMixin, BinaryLinear):
-    """A BinaryLinear with a ReBNN weight scale (created by ``init_rebnn_state``, not directly)."""
-
-
-_REBNN_CLASSES = {BinaryConv2d: ReBNNConv2d, BinaryLinear: ReBNNLinear}
-
-
-def rebnn_layers(model: nn.Module) -> list[tuple[str, ReBNNMixin]]:
+def rebnn_layers(model: nn.Module) -> list[tuple[str, BinaryMixin]]:
     """(name, layer) for every layer of ``model`` with a binarized ReBNN weight."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ReBNNMixin)]
+    return [(n, m) for n, m in model.named_modules() if is_rebnn_layer(m)]

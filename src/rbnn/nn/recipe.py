@@ -1,6 +1,8 @@
-"""A binarization recipe: the components one binary layer is made of.
+"""A binarization recipe: the components one binary layer is made of, by name.
 
-A method (``rbnn.methods``) is a named ``BinaryRecipe``; layers read it and never branch on method names.
+A method (``rbnn.methods``) is a named ``BinaryRecipe``; layers resolve its component names in the registries
+(``ESTIMATORS``, ``WEIGHT_SCALES``, ``INPUT_TRANSFORMS``) and never branch on method names. Registering a new
+component makes its name valid here.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ..functional.surrogates import ESTIMATORS
+from .components import INPUT_TRANSFORMS, WEIGHT_SCALES
+
 WEIGHT_TRANSFORMS = ("none", "standardize")
-WEIGHT_SCALES = ("none", "mean_abs", "mean_abs_detached", "pow2", "learned_output", "rebnn", "rebnn_released")
-ACT_TRANSFORMS = ("none", "standardize_sample", "shift")
 ACT_RULES = ("same", "rbnn")
 ROTATION_GRADS = ("stop", "full")
 SCALE_INITS = ("weights", "torch_default")
-ESTIMATORS = ("ste", "clipped_ste", "approx", "ede", "rbnn")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class BinaryRecipe:
         check("weight_estimator", self.weight_estimator, (*ESTIMATORS, None))
         check("weight_scale", self.weight_scale, WEIGHT_SCALES)
         check("act_estimator", self.act_estimator, (*ESTIMATORS, None))
-        check("act_transform", self.act_transform, ACT_TRANSFORMS)
+        check("act_transform", self.act_transform, INPUT_TRANSFORMS)
         check("act_rule", self.act_rule, ACT_RULES)
         check("rotation_grad", self.rotation_grad, ROTATION_GRADS)
         check("scale_init", self.scale_init, SCALE_INITS)

@@ -12,8 +12,8 @@ from torch import nn
 
 from ..diagnostics.weights import cos_to_sign, flip_rate, quantization_error
 from ..nn.layers import BinaryMixin, binary_modules
-from ..nn.rebnn import ReBNNMixin
 from ..nn.rebnn import after_backward as rebnn_after_backward
+from ..nn.rebnn import is_rebnn_layer
 from ..rotation import factorize, haar_orthogonal, orthogonality_error, rotate
 from . import distributed as dist_utils
 
@@ -87,13 +87,12 @@ class RotationUpdate(Callback):
 
 
 class ModuleHooks(Callback):
-    """Calls ``on_after_backward()`` on modules that define it; the ReBNN layers' (γ) all at once, so that under
-    DDP their gradient maxima travel in one all-reduce."""
+    """Calls ``on_after_backward()`` on modules that define it, and updates the ReBNN layers' γ all at once, so
+    that under DDP their gradient maxima travel in one all-reduce."""
 
     def __init__(self, model: nn.Module) -> None:
-        hooked = [m for m in model.modules() if hasattr(m, "on_after_backward")]
-        self.rebnn = [m for m in hooked if isinstance(m, ReBNNMixin)]
-        self.after_backward = [m for m in hooked if not isinstance(m, ReBNNMixin)]
+        self.rebnn = [m for m in model.modules() if is_rebnn_layer(m)]
+        self.after_backward = [m for m in model.modules() if hasattr(m, "on_after_backward")]
 
     def on_after_backward(self, model: nn.Module) -> None:
         if self.rebnn:

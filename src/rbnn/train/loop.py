@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..checkpoint import save_checkpoint
 from ..config import Config, to_dict
 from ..data import DatasetInfo
 from ..errors import RbnnError
+from ..nn.layers import auxiliary_losses
 from . import distributed as dist_utils
 from .callbacks import Callback, RotationUpdate
 from .logging import MetricsLog, progress
@@ -145,12 +147,12 @@ class Trainer:
     sync_every: int = field(init=False)
     window: StepWindow = field(init=False)
     stop: _StopFlag = field(init=False)
-    aux_modules: list[nn.Module] = field(init=False)
+    aux_losses: list[Callable[[], torch.Tensor]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.world = dist_utils.world_size()
         self.main = dist_utils.rank() == 0
-        self.aux_modules = [m for m in self.model.modules() if hasattr(m, "auxiliary_loss")]
+        self.aux_losses = auxiliary_losses(self.model)
         self.steps = len(self.train_loader)
         self.stop = _StopFlag()
 
@@ -260,7 +262,7 @@ class Trainer:
                     t_out = self.teacher(x).float()
                 kd = kd_loss(out.float(), t_out, cfg.distill.temperature)
                 task = (1 - cfg.distill.weight) * task + cfg.distill.weight * kd
-            aux = sum((m.auxiliary_loss() for m in self.aux_modules), torch.zeros((), device=device))
+            aux = sum((term() for term in self.aux_losses), torch.zeros((), device=device))
         loss = task + aux
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -299,7 +301,7 @@ class Trainer:
             "test_loss": ev["loss"], "test_acc": ev["acc"], "test_top5": ev["top5"],
             "epoch_seconds": epoch_seconds, "train_img_per_s": seen / epoch_seconds,
         }
-        if self.aux_modules:
+        if self.aux_losses:
             row["aux_loss"] = aux_sum / seen
         for cb in self.callbacks:
             row.update(cb.on_epoch_end(epoch))
