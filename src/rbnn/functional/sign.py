@@ -22,4 +22,6 @@ def sign(x: torch.Tensor, zero: int = ZERO_POSITIVE) -> torch.Tensor:
     # copysign(1, x + 0.0): adding +0.0 turns -0.0 into +0.0, so 0 maps to +1; ~8x faster on CPU than
     # torch.where(x >= 0, 1, -1), which matters because every binary layer signs its whole input tensor.
     # A NaN (only seen in a diverged run) maps to +-1 by its sign bit.
-    return torch.copysign(torch.ones((), dtype=x.dtype, device=x.device), x + 0.0)
+    # (written into the fresh x + 0.0: one allocation, not two)
+    y = x + 0.0
+    return torch.copysign(torch.ones((), dtype=x.dtype, device=x.device), y, out=y)
