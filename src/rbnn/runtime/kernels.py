@@ -74,8 +74,9 @@ def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
 
     Window (n, h, w) holds the bits of the ``kw_`` pixels w, w+dw, ... of padded row h, densely: tap i,
     channel c at bit i·C + c (so 3 taps of 16 channels share one word). Padding pixels and unused bits are 0.
-    bit = 1 where not ((x + shift[c]) - mean[n] >= 0): sign(0) = +1, exactly the float32 ops torch does. The
-    compare runs vectorized into 0/1 bytes, and one multiply turns 8 such bytes into 8 bits.
+    bit = the sign bit of ((x + shift[c]) - mean[n]) + 0.0: sign(0) = +1 and a NaN goes by its sign bit, exactly
+    the float32 ops torch and the reference do. The sign bits go vectorized into 0/1 bytes, and one multiply
+    turns 8 such bytes into 8 bits.
     """
     n_, h_, w_, c_ = x.shape
     hp, wq, rw = out.shape[1], out.shape[2], out.shape[3]
@@ -91,9 +92,13 @@ def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
             m = mean[n]
             flags = np.zeros(c8, dtype=np.uint64)  # bytes beyond C stay 0
             fb = flags.view(np.uint8)
+            z = np.empty(c_, dtype=np.float32)
+            zu = z.view(np.uint32)
             for w in range(w_):
                 for c in range(c_):
-                    fb[c] = np.uint8(1) - np.uint8(((x[n, h, w, c] + shift[c]) - m) >= np.float32(0.0))
+                    z[c] = ((x[n, h, w, c] + shift[c]) - m) + np.float32(0.0)
+                for c in range(c_):
+                    fb[c] = np.uint8(zu[c] >> np.uint32(31))
                 for g in range(c8):
                     byte = ((flags[g] * _BYTES_TO_BITS) >> np.uint64(49)) & np.uint64(0xFF)
                     row[w + pw, g >> 3] |= byte << np.uint64((g & 7) * 8)
