@@ -131,7 +131,7 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     xin = rng.standard_normal((nb, hw, hw, c)).astype(np.float32)
     zshift, zmean = np.zeros(c, np.float32), np.zeros(nb, np.float32)
     xw = np.empty((nb, hw + 2, hw, rw), np.uint64)
-    fast.pack_rows(xin, zshift, zmean, 1, 1, 3, 1, xw)
+    fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xw)
     # geometry (kernels.G_*): 3x3, stride 1, padding 1, no next layer; float output only
     g = np.array([3, 3, 1, 1, 1, 1, 1, 1, hw, hw, c, hw, hw, c, 1, 1, 0, 0, 0, 0, 1, 0], np.int64)
     lohi = np.zeros(2, np.float32)
@@ -141,7 +141,7 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
 
     def packed_layer():
         xq = np.empty(xw.shape, np.uint64)
-        fast.pack_rows(xin, zshift, zmean, 1, 1, 3, 1, xq)
+        fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xq)
         fast.bconv_kernel(xq, wblk, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
 
     with torch.no_grad():

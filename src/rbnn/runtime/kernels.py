@@ -117,13 +117,42 @@ def _row_windows(row, kw_, dw, c_, out, n, hh):
                     out[n, hh, w, wi + 1] |= v >> np.uint64(64 - s)
 
 
+@njit(cache=True, nogil=True)
+def _sample_mean(x2, n):
+    """Mean of row ``n`` of (N, L) float32 ``x2`` accumulated in float64 (8 interleaved partial sums,
+    vectorized), rounded to float32: RBNN's per-sample activation mean."""
+    l_ = x2.shape[1]
+    l8 = l_ - l_ % 8
+    acc = np.zeros(8, dtype=np.float64)
+    for i in range(0, l8, 8):
+        for j in range(8):
+            acc[j] += np.float64(x2[n, i + j])
+    s = acc.sum()
+    for i in range(l8, l_):
+        s += np.float64(x2[n, i])
+    return np.float32(s / l_)
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
+def sample_mean_kernel(x2, out):
+    """Per-row mean of (N, L) float32 ``x2`` (:func:`_sample_mean`), rows in parallel."""
+    for n in prange(x2.shape[0]):
+        out[n] = _sample_mean(x2, n)
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def pack_rows(x, shift, mean, standardize, ph, pw, kw_, dw, out):
     """Binarize NHWC float32 ``x`` and pack it into row windows ``out`` (N, H+2ph, Wq, Rw) uint64 (see
     :func:`_row_windows`). Padding pixels and unused bits are 0. bit = the sign bit of ((x + shift[c]) - mean[n])
-    + 0.0: sign(0) = +1 and a NaN goes by its sign bit, exactly the float32 ops torch and the reference do."""
+    + 0.0: sign(0) = +1 and a NaN goes by its sign bit, exactly the float32 ops torch and the reference do.
+    ``standardize``: first write RBNN's per-sample mean into ``mean`` (as :func:`sample_mean_kernel`, serially:
+    one kernel call and one parallel region per layer instead of two; a tile is single-threaded anyway)."""
     n_, h_, w_, c_ = x.shape
     hp = out.shape[1]
+    if standardize:
+        x2 = x.reshape(n_, -1)
+        for n in range(n_):
+            mean[n] = _sample_mean(x2, n)
     for r in prange(n_ * hp):
         n = r // hp
         hh = r - n * hp
@@ -142,21 +171,6 @@ def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
         _row_windows(row, kw_, dw, c_, out, n, hh)
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def sample_mean_kernel(x2, out):
-    """Per-row mean of (N, L) float32 ``x2`` accumulated in float64 (8 interleaved partial sums, vectorized),
-    rounded to float32: RBNN's per-sample activation mean."""
-    n_, l_ = x2.shape
-    l8 = l_ - l_ % 8
-    for n in prange(n_):
-        acc = np.zeros(8, dtype=np.float64)
-        for i in range(0, l8, 8):
-            for j in range(8):
-                acc[j] += np.float64(x2[n, i + j])
-        s = acc.sum()
-        for i in range(l8, l_):
-            s += np.float64(x2[n, i])
-        out[n] = np.float32(s / l_)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -454,7 +468,7 @@ def warmup() -> None:
     """Compile (or load from cache) every kernel on tiny inputs."""
     x = np.zeros((1, 2, 2, 3), dtype=np.float32)
     xp = np.zeros((1, 4, 2, 1), dtype=np.uint64)
-    pack_rows(x, np.zeros(3, np.float32), np.zeros(1, np.float32), 1, 1, 3, 1, xp)
+    pack_rows(x, np.zeros(3, np.float32), np.zeros(1, np.float32), True, 1, 1, 3, 1, xp)
     sample_mean_kernel(x.reshape(1, -1), np.empty(1, np.float32))
     g = np.array([3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 3, 2, 2, 5, 3, 1, 1, 1, 1, 1, 1, 1], np.int64)
     out = np.empty((1, 2, 2, 5), dtype=np.float32)

@@ -26,7 +26,6 @@ from .kernels import (
     per_channel_weights,
     prelu_kernel,
     row_window_weights,
-    sample_mean_kernel,
     tap_popcounts,
 )
 from .threads import TiledRunner, run_managed, serial_if_small
@@ -107,15 +106,10 @@ class _BinPrep:
         n, h, w, _ = x.shape
         ph, pw = self.pad
         kw, dw = self.kshape[2], self.dil[1]
-        if self.standardize:
-            mean = np.empty(n, dtype=np.float32)
-            with serial_if_small(x.size):
-                sample_mean_kernel(x.reshape(n, -1), mean)
-        else:
-            mean = np.zeros(n, dtype=np.float32)
+        mean = np.zeros(n, dtype=np.float32)  # the kernel writes the per-sample means when standardizing
         xw = np.empty((n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), dtype=np.uint64)
         with serial_if_small(2 * x.size):
-            pack_rows(x, self.shift, mean, ph, pw, kw, dw, xw)
+            pack_rows(x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
         if times is not None:
             times["input packing"] += time.perf_counter() - t0
         return xw
