@@ -130,7 +130,8 @@ class _BinPrep:
             o, kh, kw = self.kshape
             ho, wo = ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(w, kw, sw, pw, dw)
             nkw, ndw, (nph, npw) = (nxt.kshape[2], nxt.dil[1], nxt.pad) if nxt is not None else (1, 1, (0, 0))
-            g = np.array([kh, kw, sh, sw, dh, dw, ph, pw, h, w, self.c, ho, wo, o, nkw, ndw, nph, npw, *flags], np.int64)
+            geom = [kh, kw, sh, sw, dh, dw, ph, pw, h, w, self.c, ho, wo, o, nkw, ndw, nph, npw, *flags]
+            g = np.array(geom, dtype=np.int64)
             nshape = (ho + 2 * nph, wo + 2 * npw - ndw * (nkw - 1), nxt.rw) if nxt is not None else None
             lohi = np.array(clamp if clamp is not None else (0.0, 0.0), dtype=np.float32)
             lay = (g, (ho, wo, o), nshape, lohi, ho * wo * o * kh * self.rw)
@@ -144,7 +145,8 @@ class _BinPrep:
         ``nxt`` the next binary layer's input is binarized in the epilogue (``nxt`` thresholds per channel)."""
         n = xp.shape[0]
         bits = nxt is not None and not raw
-        flags = (int(res is not None and not raw), int(clamp is not None and not raw), int(want_float or raw), int(bits))
+        has_res, has_clamp = res is not None and not raw, clamp is not None and not raw
+        flags = (int(has_res), int(has_clamp), int(want_float or raw), int(bits))
         cl = (float(clamp[0]), float(clamp[1])) if flags[1] else None
         g, oshape, nshape, lohi, work = self._layout(h, w, flags, nxt if bits else None, cl)
         if flags[0] and res.shape != (n, *oshape):
