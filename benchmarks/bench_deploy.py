@@ -1,6 +1,6 @@
 """Benchmark the packed 1-bit engine against onnxruntime int8 and fp32 and torch fp32 (ratios from one run).
 
-    python benchmarks/bench_deploy.py [--quick] [--threads 2] [--repeats 7]
+    python benchmarks/bench_deploy.py [--quick] [--threads 2] [--repeats 7] [--models resnet20:xnor,...] [--no-kernel]
 
 Everything compared runs in this process with the same thread count, after warm-up; each number is the
 median of ``--repeats`` timed runs, and the baselines are timed interleaved with the thing compared.
@@ -123,28 +123,26 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     wb = pack_signs(np.where(rng.random((c, 3, 3, c)) < 0.5, -1.0, 1.0))
     wpop = fast.tap_popcounts(wb)
     wblk = fast.row_window_weights(wb, c)
-    wrow = fast.per_channel_weights(wblk, c)
+    wcol = fast.per_channel_weights(wblk, c)
     rw = (3 * c + 63) // 64
     out = np.empty((nb, hw, hw, c), np.float32)
     one, zero = np.ones(c, np.float64), np.zeros(c, np.float64)  # the epilogue's float64 out_mul, out_add
-    dummy = np.zeros((1, 1, 1, 1), np.float32)
+    dummy, dummy_bits = np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.uint64)
     xin = rng.standard_normal((nb, hw, hw, c)).astype(np.float32)
     zshift, zmean = np.zeros(c, np.float32), np.zeros(nb, np.float32)
     xw = np.empty((nb, hw + 2, hw, rw), np.uint64)
-    fast.pack_rows(xin, zshift, zmean, 1, 1, 3, 1, xw)
-    f0 = np.float32(0)
+    fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xw)
+    # geometry (kernels.G_*): 3x3, stride 1, padding 1, no next layer; float output only
+    g = np.array([3, 3, 1, 1, 1, 1, 1, 1, hw, hw, c, hw, hw, c, 1, 1, 0, 0, 0, 0, 1, 0], np.int64)
+    lohi = np.zeros(2, np.float32)
 
     def binary():
-        fast.bconv_kernel(
-            xw, wblk, wrow, wpop, 3, 3, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
-        )
+        fast.bconv_kernel(xw, wblk, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
 
     def packed_layer():
         xq = np.empty(xw.shape, np.uint64)
-        fast.pack_rows(xin, zshift, zmean, 1, 1, 3, 1, xq)
-        fast.bconv_kernel(
-            xq, wblk, wrow, wpop, 3, 3, one, zero, dummy, False, f0, f0, False, 1, 1, 1, 1, 1, 1, hw, hw, c, out
-        )
+        fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xq)
+        fast.bconv_kernel(xq, wblk, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
 
     with torch.no_grad():
         t = interleaved({"torch": lambda: F.conv2d(xf, wf, padding=1), "binary": binary, "layer": packed_layer}, reps)
@@ -251,6 +249,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repeats (smoke test)")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--models", default="resnet18_cifar:rbnn,resnet20:xnor,resnet20_bireal:rbnn",
+                    help="comma-separated name:method pairs to time end to end")
+    ap.add_argument("--no-kernel", action="store_true", help="skip the single-layer kernel comparison")
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     import numba
@@ -270,12 +271,13 @@ def main() -> None:
     )
     fast.warmup()
     rng = np.random.default_rng(0)
-    print("\n[kernel] binary 3x3 conv (pre-packed input) vs torch fp32 conv2d, batch 16, ResNet-18 CIFAR shapes")
-    for c, hw in [(64, 32), (128, 16), (256, 8), (512, 4)] if not args.quick else [(64, 32), (256, 8)]:
-        bench_kernel(c, hw, 16, reps, rng)
+    if not args.no_kernel:
+        print("\n[kernel] binary 3x3 conv (pre-packed input) vs torch fp32 conv2d, batch 16, ResNet-18 CIFAR shapes")
+        for c, hw in [(64, 32), (128, 16), (256, 8), (512, 4)] if not args.quick else [(64, 32), (256, 8)]:
+            bench_kernel(c, hw, 16, reps, rng)
     tmp = Path(tempfile.mkdtemp())
     calib = calibration_images(64)
-    for name, method in (("resnet18_cifar", "rbnn"), ("resnet20", "xnor"), ("resnet20_bireal", "rbnn")):
+    for name, method in (m.split(":") for m in args.models.split(",")):
         bench_model(name, method, (args.batch, 1), reps, args.threads, tmp, rng, calib)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 

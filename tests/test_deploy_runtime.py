@@ -81,6 +81,24 @@ def test_fast_matches_reference_exactly(method, n, c1, c2, tmp_path):
     assert rep["ok"], rep
 
 
+@pytest.mark.parametrize("method", ["xnor", "rebnn"])  # threshold none / per-channel shift
+@pytest.mark.parametrize("c1,c2", [(16, 24), (67, 130)])
+def test_fused_next_layer_bits_equal_reference(method, c1, c2, tmp_path):
+    # a binary layer whose only binary reader thresholds per channel writes that reader's row windows in its
+    # epilogue (conv3 -> conv4: 1x3 kernel, padding (0, 2), dilation 2) and skips its floats when nothing else
+    # reads them; the logits must still equal the reference's bit for bit, NaN and infinite pixels included
+    m = tiny(method, c1=c1, c2=c2)
+    p = tmp_path / "m.rbnn"
+    deploy.export(m, p, input_shape=(3, 7, 9))
+    fast, refm = deploy.load(p, backend="fast"), deploy.load(p, backend="reference")
+    fused = [(s.nxt is not None, s.packed_in, s.want_float) for _, _, s in fast.ops.steps if hasattr(s, "nxt")]
+    assert fused == [(True, False, True), (True, True, False), (False, True, True)]
+    x = rand_input((3, 7, 9), 5, seed=3)
+    x[1, 0, 2, 3], x[2, 1, 4, 4], x[3, 2, 0, 0] = np.nan, np.inf, -np.inf
+    np.testing.assert_array_equal(fast.predict(x), refm.predict(x))
+    np.testing.assert_array_equal(fast.predict(x[:1]), refm.predict(x[:1]))
+
+
 @pytest.mark.parametrize(
     "o,c,hw,k,s,p",
     [

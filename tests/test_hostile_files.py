@@ -426,16 +426,8 @@ def _torch_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         return model.eval()(torch.from_numpy(x)).numpy()
 
 
-FAST_NAN = pytest.mark.xfail(
-    strict=True,
-    reason="the fast engine's pack_rows kernel binarizes every NaN to -1 (`not (v >= 0)`); torch's sign is "
-    "copysign(1, v + 0.0), +1 for a NaN with a clear sign bit. The kernel is being reworked for issue 11's "
-    "exactness case; remove this mark when it follows the sign bit",
-)
-
-
 @pytest.mark.parametrize("net,backend", [("small", "reference"), ("small", "fast"), ("gapnet", "reference"),
-                                         pytest.param("gapnet", "fast", marks=FAST_NAN)])
+                                         ("gapnet", "fast")])
 def test_nan_and_inf_pixels_compute_what_torch_computes(request, net, backend):
     """A NaN pixel reaches the first binary layer as a NaN of positive sign (a NaN from inf - inf is negative):
     torch binarizes it to +1. The residual model ("small") carries NaN to all logits, the other one not."""

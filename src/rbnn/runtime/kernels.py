@@ -7,6 +7,9 @@ Design (see docs/deploy.md):
   the bits of the KW pixels a kernel row covers, densely (tap i, channel c at bit i·C + c), so narrow
   layers waste no word bits (3 taps of 16 channels fill one word instead of three) and the conv reads each
   output pixel's operand as KH contiguous runs of words with no gather;
+- a binary layer whose only binary reader thresholds per channel (or not at all) binarizes its own output in
+  its epilogue and writes that reader's row windows directly (one output row at a time), so the next layer's
+  input is never re-read as floats, and the floats are not written at all when nothing else reads them;
 - the convolution loops over output pixels. With 3, 6 or 9 operand words per output (3x3 convs up to 64
   channels) the words stay in registers and the loop runs over output channels; otherwise over blocks of 8
   output channels with 8 accumulators in registers (the block fits the 16 general registers: no spills),
@@ -14,8 +17,8 @@ Design (see docs/deploy.md):
   XOR to the weight bits, so for border pixels the popcount of the weight taps that fall outside the image
   is subtracted again and only valid taps are counted: ``dot = C·n_valid − 2·(popcount − correction)``;
 - the epilogue is fused and vectorized: ``dot·out_mul + out_add`` (scale, λ, bias and BatchNorm folded at
-  export) in float64 rounded once, then an optional residual add and Hardtanh clamp, written straight to the
-  float output;
+  export) in float64 rounded once, then an optional residual add and Hardtanh clamp, then the float output
+  and/or the next layer's sign bits;
 - ternary (sign(0)=0) layers fall back to the NumPy reference kernel;
 - no BLAS: float layers are numba loops too (OpenBLAS's spinning worker threads stole the binary layers' cores);
 - every float op does the reference engine's IEEE operations in the reference's order (float convs and linears
@@ -67,177 +70,235 @@ BLOCK = 8  # output channels per register block: 8 accumulators + operand + temp
 # (8 bytes of 0/1 as a little-endian uint64 · _BYTES_TO_BITS) >> 49 & 0xFF = those 8 flags as the bits of one byte
 _BYTES_TO_BITS = np.uint64(0x0002040810204081)
 
+# the integer geometry of a binary conv, one int64 array (fewer dispatch arguments): indices into it
+G_KH, G_KW, G_SH, G_SW, G_DH, G_DW, G_PH, G_PW, G_H, G_W, G_C, G_HO, G_WO, G_O = range(14)
+G_NKW, G_NDW, G_NPH, G_NPW = range(14, 18)  # the next binary layer's kernel width, dilation and padding
+G_RES, G_CLAMP, G_FLOAT, G_BITS = range(18, 22)
+GEOM_LEN = 22
 
-@njit(cache=True, parallel=True, nogil=True)
-def pack_rows(x, shift, mean, ph, pw, kw_, dw, out):
-    """Binarize NHWC float32 ``x`` and pack it into row windows ``out`` (N, H+2ph, Wq, Rw) uint64.
 
-    Window (n, h, w) holds the bits of the ``kw_`` pixels w, w+dw, ... of padded row h, densely: tap i,
-    channel c at bit i·C + c (so 3 taps of 16 channels share one word). Padding pixels and unused bits are 0.
-    bit = 1 where not ((x + shift[c]) - mean[n] >= 0): sign(0) = +1, exactly the float32 ops torch does. The
-    compare runs vectorized into 0/1 bytes, and one multiply turns 8 such bytes into 8 bits.
-    """
-    n_, h_, w_, c_ = x.shape
-    hp, wq, rw = out.shape[1], out.shape[2], out.shape[3]
-    wp = w_ + 2 * pw
-    cw = (c_ + 63) // 64
-    c8 = (c_ + 7) // 8
-    for r in prange(n_ * hp):
-        n = r // hp
-        hh = r - n * hp
-        h = hh - ph
-        row = np.zeros((wp, cw), dtype=np.uint64)
-        if 0 <= h < h_:
-            m = mean[n]
-            flags = np.zeros(c8, dtype=np.uint64)  # bytes beyond C stay 0
-            fb = flags.view(np.uint8)
-            for w in range(w_):
-                for c in range(c_):
-                    fb[c] = np.uint8(1) - np.uint8(((x[n, h, w, c] + shift[c]) - m) >= np.float32(0.0))
-                for g in range(c8):
-                    byte = ((flags[g] * _BYTES_TO_BITS) >> np.uint64(49)) & np.uint64(0xFF)
-                    row[w + pw, g >> 3] |= byte << np.uint64((g & 7) * 8)
-        if rw == 1:  # KW·C <= 64: the window is one word, built in a register
-            for w in range(wq):
-                acc = np.uint64(0)
-                for i in range(kw_):
-                    acc |= row[w + i * dw, 0] << np.uint64(i * c_)
-                out[n, hh, w, 0] = acc
-        else:
-            for w in range(wq):
-                for k in range(rw):
-                    out[n, hh, w, k] = 0
-                for i in range(kw_):
-                    for j in range(cw):
-                        v = row[w + i * dw, j]
-                        bit = i * c_ + j * 64
-                        wi = bit >> 6
-                        s = bit & 63
-                        out[n, hh, w, wi] |= v << np.uint64(s)
-                        if s != 0 and wi + 1 < rw:
-                            out[n, hh, w, wi + 1] |= v >> np.uint64(64 - s)
+@njit(cache=True, nogil=True, inline="always")
+def _store_signs(zu, c_, fb, flags, row, w):
+    """The sign bits of ``c_`` float32 values (``zu``: their uint32 view) into the pixel words ``row[w, :]``,
+    channel c at bit c. ``fb`` is the uint8 view of ``flags`` (ceil(c_/8) words, zero beyond ``c_``): 0/1 bytes
+    first (vectorized), then one multiply turns 8 bytes into the 8 bits of one byte."""
+    for c in range(c_):
+        fb[c] = np.uint8(zu[c] >> np.uint32(31))
+    for g in range((c_ + 7) // 8):
+        byte = ((flags[g] * _BYTES_TO_BITS) >> np.uint64(49)) & np.uint64(0xFF)
+        row[w, g >> 3] |= byte << np.uint64((g & 7) * 8)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_windows(row, kw_, dw, c_, out, n, hh):
+    """Row windows ``out[n, hh]`` (Wq, Rw) of one padded row of pixel words ``row`` (Wp, ceil(C/64)): window w
+    holds the bits of the ``kw_`` pixels w, w+dw, ... densely, tap i, channel c at bit i·C + c (so 3 taps of 16
+    channels share one word)."""
+    wq, rw = out.shape[2], out.shape[3]
+    cw = row.shape[1]
+    if rw == 1:  # KW·C <= 64: the window is one word, built in a register
+        for w in range(wq):
+            acc = np.uint64(0)
+            for i in range(kw_):
+                acc |= row[w + i * dw, 0] << np.uint64(i * c_)
+            out[n, hh, w, 0] = acc
+        return
+    for w in range(wq):
+        for k in range(rw):
+            out[n, hh, w, k] = 0
+        for i in range(kw_):
+            for j in range(cw):
+                v = row[w + i * dw, j]
+                bit = i * c_ + j * 64
+                wi = bit >> 6
+                s = bit & 63
+                out[n, hh, w, wi] |= v << np.uint64(s)
+                if s != 0 and wi + 1 < rw:
+                    out[n, hh, w, wi + 1] |= v >> np.uint64(64 - s)
+
+
+@njit(cache=True, nogil=True)
+def _sample_mean(x2, n):
+    """Mean of row ``n`` of (N, L) float32 ``x2`` accumulated in float64 (8 interleaved partial sums,
+    vectorized), rounded to float32: RBNN's per-sample activation mean."""
+    l_ = x2.shape[1]
+    l8 = l_ - l_ % 8
+    acc = np.zeros(8, dtype=np.float64)
+    for i in range(0, l8, 8):
+        for j in range(8):
+            acc[j] += np.float64(x2[n, i + j])
+    s = acc.sum()
+    for i in range(l8, l_):
+        s += np.float64(x2[n, i])
+    return np.float32(s / l_)
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def sample_mean_kernel(x2, out):
-    """Per-row mean of (N, L) float32 ``x2`` accumulated in float64 (8 interleaved partial sums, vectorized),
-    rounded to float32: RBNN's per-sample activation mean."""
-    n_, l_ = x2.shape
-    l8 = l_ - l_ % 8
-    for n in prange(n_):
-        acc = np.zeros(8, dtype=np.float64)
-        for i in range(0, l8, 8):
-            for j in range(8):
-                acc[j] += np.float64(x2[n, i + j])
-        s = acc.sum()
-        for i in range(l8, l_):
-            s += np.float64(x2[n, i])
-        out[n] = np.float32(s / l_)
+    """Per-row mean of (N, L) float32 ``x2`` (:func:`_sample_mean`), rows in parallel."""
+    for n in prange(x2.shape[0]):
+        out[n] = _sample_mean(x2, n)
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def bconv_kernel(
-    xw, wblk, wrow, wpop, kh_, kw_, mul, add, res, has_res, lo, hi, clamp, sh, sw, dh, dw, ph, pw, h_in, w_in, c_in, out
-):
-    """Binary conv of row windows ``xw`` (from :func:`pack_rows`) with ``wblk`` (O/8, KH·Rw, 8) (``wrow``: the
-    same weights as (O, KH·Rw), for 3, 6 or 9 operand words per output, kept in registers) into float
-    ``out`` (N, Ho, Wo, O): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to
-    [lo, hi])``, ``mul`` and ``add`` float64. ``wpop`` (KH·KW, O) int32 holds the popcount of every weight tap
-    (for the border correction, contiguous along O so that it vectorizes)."""
-    n_, hp, wq, rw = xw.shape
+def pack_rows(x, shift, mean, standardize, ph, pw, kw_, dw, out):
+    """Binarize NHWC float32 ``x`` and pack it into row windows ``out`` (N, H+2ph, Wq, Rw) uint64 (see
+    :func:`_row_windows`). Padding pixels and unused bits are 0. bit = the sign bit of ((x + shift[c]) - mean[n])
+    + 0.0: sign(0) = +1 and a NaN goes by its sign bit, exactly the float32 ops torch and the reference do.
+    ``standardize``: first write RBNN's per-sample mean into ``mean`` (as :func:`sample_mean_kernel`, serially:
+    one kernel call and one parallel region per layer instead of two; a tile is single-threaded anyway)."""
+    n_, h_, w_, c_ = x.shape
+    hp = out.shape[1]
+    if standardize:
+        x2 = x.reshape(n_, -1)
+        for n in range(n_):
+            mean[n] = _sample_mean(x2, n)
+    for r in prange(n_ * hp):
+        n = r // hp
+        hh = r - n * hp
+        h = hh - ph
+        row = np.zeros((w_ + 2 * pw, (c_ + 63) // 64), dtype=np.uint64)
+        if 0 <= h < h_:
+            m = mean[n]
+            flags = np.zeros((c_ + 7) // 8, dtype=np.uint64)  # bytes beyond C stay 0
+            fb = flags.view(np.uint8)
+            z = np.empty(c_, dtype=np.float32)
+            zu = z.view(np.uint32)
+            for w in range(w_):
+                for c in range(c_):
+                    z[c] = ((x[n, h, w, c] + shift[c]) - m) + np.float32(0.0)
+                _store_signs(zu, c_, fb, flags, row, w + pw)
+        _row_windows(row, kw_, dw, c_, out, n, hh)
+
+
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _popcounts(xl, wblk, wcol, o_, dots):
+    """popcount(operand ^ weights) per output channel into ``dots``. With 3, 6 or 9 operand words (3x3 convs up
+    to 64 channels) the words stay in registers and the loop runs over output channels, reading ``wcol`` (KH·Rw, O)
+    contiguously (vectorized: 40 % faster than one weight row per channel at 32-64 channels); otherwise over blocks of
+    8 output channels with 8 accumulators in registers, weights interleaved by block (one cache line a step)."""
     nb, kd, _ = wblk.shape
-    o_ = out.shape[3]
-    ho, wo = out.shape[1], out.shape[2]
-    ntap = kh_ * kw_
+    if kd == 9:
+        x0, x1, x2, x3, x4, x5, x6, x7, x8 = xl[0], xl[1], xl[2], xl[3], xl[4], xl[5], xl[6], xl[7], xl[8]
+        for o in range(o_):
+            dots[o] = np.int32(
+                popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o])
+                + popcount64(x3 ^ wcol[3, o]) + popcount64(x4 ^ wcol[4, o]) + popcount64(x5 ^ wcol[5, o])
+                + popcount64(x6 ^ wcol[6, o]) + popcount64(x7 ^ wcol[7, o]) + popcount64(x8 ^ wcol[8, o])
+            )
+    elif kd == 3:
+        x0, x1, x2 = xl[0], xl[1], xl[2]
+        for o in range(o_):
+            dots[o] = np.int32(popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o]))
+    elif kd == 6:
+        x0, x1, x2, x3, x4, x5 = xl[0], xl[1], xl[2], xl[3], xl[4], xl[5]
+        for o in range(o_):
+            dots[o] = np.int32(
+                popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o])
+                + popcount64(x3 ^ wcol[3, o]) + popcount64(x4 ^ wcol[4, o]) + popcount64(x5 ^ wcol[5, o])
+            )
+    else:
+        for b in range(nb):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.uint64(0)
+            for k in range(kd):
+                x = xl[k]
+                a0 += popcount64(x ^ wblk[b, k, 0])
+                a1 += popcount64(x ^ wblk[b, k, 1])
+                a2 += popcount64(x ^ wblk[b, k, 2])
+                a3 += popcount64(x ^ wblk[b, k, 3])
+                a4 += popcount64(x ^ wblk[b, k, 4])
+                a5 += popcount64(x ^ wblk[b, k, 5])
+                a6 += popcount64(x ^ wblk[b, k, 6])
+                a7 += popcount64(x ^ wblk[b, k, 7])
+            dots[8 * b] = np.int32(a0)
+            dots[8 * b + 1] = np.int32(a1)
+            dots[8 * b + 2] = np.int32(a2)
+            dots[8 * b + 3] = np.int32(a3)
+            dots[8 * b + 4] = np.int32(a4)
+            dots[8 * b + 5] = np.int32(a5)
+            dots[8 * b + 6] = np.int32(a6)
+            dots[8 * b + 7] = np.int32(a7)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _border(ih0, iw0, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots):
+    """Number of taps inside the image. Padding bits are 0, which XOR to the weight bits, so every tap outside
+    the image counted its weight bits: subtract them again (``wpop`` (KH·KW, O), contiguous along O)."""
+    if ih0 >= 0 and ih0 + (kh_ - 1) * dh < h_in and iw0 >= 0 and iw0 + (kw_ - 1) * dw < w_in:
+        return kh_ * kw_
+    nvalid = 0
+    for kh in range(kh_):
+        ih = ih0 + kh * dh
+        for kw in range(kw_):
+            iw = iw0 + kw * dw
+            if 0 <= ih < h_in and 0 <= iw < w_in:
+                nvalid += 1
+            else:
+                for o in range(o_):
+                    dots[o] -= wpop[kh * kw_ + kw, o]
+    return nvalid
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _epilogue(dots, cn, mul, add, res, n, oh, ow, has_res, clamp, lo, hi, y):
+    """``y = float32((cn − 2·dot)·mul + add) (+ res) (clamped)`` as the reference: the affine in float64 (``mul``,
+    ``add``: float64 copies of the float32 arrays; the product is exact) rounded once, then the float32 residual
+    add. float32 arithmetic would round twice and differ from the reference in the last bit. Vectorized."""
+    two = np.int32(2)  # int32 throughout: int32 -> float64 vectorizes on AVX2, int64 -> float64 does not
+    for o in range(y.shape[0]):
+        v = np.float32(np.float64(np.int32(cn - two * dots[o])) * mul[o] + add[o])
+        if has_res:
+            v = v + res[n, oh, ow, o]
+        y[o] = min(max(v, lo), hi) if clamp else v
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def bconv_kernel(xw, wblk, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout):
+    """Binary conv of row windows ``xw`` (:func:`pack_rows`) with ``wblk`` (O/8, KH·Rw, 8) (``wcol``: the same as
+    (KH·Rw, O)), geometry ``g`` (``G_*``): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res)
+    (clamped to ``lohi``)``, written as float32 to ``out`` (N, Ho, Wo, O) when ``g[G_FLOAT]`` and, when
+    ``g[G_BITS]``, binarized with the next binary layer's ``nshift`` (exactly :func:`pack_rows`' float ops) into
+    that layer's row windows ``nout`` (its padding rows zeroed by the caller): the next layer's input is never
+    re-read as floats."""
+    n_, hp, wq, rw = xw.shape
+    xf = xw.reshape(-1)  # xw is C-contiguous (allocated by the plan)
+    nb, kd, _ = wblk.shape
+    kh_, kw_, sh, sw, dh, dw, ph, pw = g[G_KH], g[G_KW], g[G_SH], g[G_SW], g[G_DH], g[G_DW], g[G_PH], g[G_PW]
+    h_in, w_in, c_, ho, wo, o_ = g[G_H], g[G_W], g[G_C], g[G_HO], g[G_WO], g[G_O]
+    nkw, ndw, nph, npw = g[G_NKW], g[G_NDW], g[G_NPH], g[G_NPW]
+    has_res, clamp, wfloat, wbits = g[G_RES] != 0, g[G_CLAMP] != 0, g[G_FLOAT] != 0, g[G_BITS] != 0
+    lo, hi = lohi[0], lohi[1]
+    rowstep = dh * wq * rw
     for r in prange(n_ * ho):
         n = r // ho
         oh = r - n * ho
         xl = np.empty(kd, dtype=np.uint64)
         dots = np.empty(nb * 8, dtype=np.int32)
-        ih0 = oh * sh - ph
-        row_ok = ih0 >= 0 and ih0 + (kh_ - 1) * dh < h_in
+        y = np.empty(o_, dtype=np.float32)
+        yu = y.view(np.uint32)
+        flags = np.zeros((o_ + 7) // 8, dtype=np.uint64)
+        fb = flags.view(np.uint8)
+        prow = np.zeros((wo + 2 * npw if wbits else 0, (o_ + 63) // 64), dtype=np.uint64)
         for ow in range(wo):
-            # the KH windows of this output pixel, one contiguous operand vector
-            for kh in range(kh_):
+            base = ((n * hp + oh * sh) * wq + ow * sw) * rw  # flat indices: 12 % faster than 4-D at 16 channels
+            for kh in range(kh_):  # the KH windows of this output pixel, one contiguous operand vector
+                b = base + kh * rowstep
                 for k in range(rw):
-                    xl[kh * rw + k] = xw[n, oh * sh + kh * dh, ow * sw, k]
-            if kd == 9:  # 3x3, 43-64 channels: the 9 operand words stay in registers, output channels inner
-                x0, x1, x2, x3, x4, x5, x6, x7, x8 = xl[0], xl[1], xl[2], xl[3], xl[4], xl[5], xl[6], xl[7], xl[8]
+                    xl[kh * rw + k] = xf[b + k]
+            _popcounts(xl, wblk, wcol, o_, dots)
+            nvalid = _border(oh * sh - ph, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots)
+            _epilogue(dots, np.int32(c_ * nvalid), mul, add, res, n, oh, ow, has_res, clamp, lo, hi, y)
+            if wfloat:
                 for o in range(o_):
-                    dots[o] = np.int32(
-                        popcount64(x0 ^ wrow[o, 0])
-                        + popcount64(x1 ^ wrow[o, 1])
-                        + popcount64(x2 ^ wrow[o, 2])
-                        + popcount64(x3 ^ wrow[o, 3])
-                        + popcount64(x4 ^ wrow[o, 4])
-                        + popcount64(x5 ^ wrow[o, 5])
-                        + popcount64(x6 ^ wrow[o, 6])
-                        + popcount64(x7 ^ wrow[o, 7])
-                        + popcount64(x8 ^ wrow[o, 8])
-                    )
-            elif kd == 3:  # 3x3, <= 21 channels: one word per kernel row
-                x0, x1, x2 = xl[0], xl[1], xl[2]
+                    out[n, oh, ow, o] = y[o]
+            if wbits:
                 for o in range(o_):
-                    dots[o] = np.int32(
-                        popcount64(x0 ^ wrow[o, 0]) + popcount64(x1 ^ wrow[o, 1]) + popcount64(x2 ^ wrow[o, 2])
-                    )
-            elif kd == 6:  # 3x3, 22-42 channels: two words per kernel row
-                x0, x1, x2, x3, x4, x5 = xl[0], xl[1], xl[2], xl[3], xl[4], xl[5]
-                for o in range(o_):
-                    dots[o] = np.int32(
-                        popcount64(x0 ^ wrow[o, 0])
-                        + popcount64(x1 ^ wrow[o, 1])
-                        + popcount64(x2 ^ wrow[o, 2])
-                        + popcount64(x3 ^ wrow[o, 3])
-                        + popcount64(x4 ^ wrow[o, 4])
-                        + popcount64(x5 ^ wrow[o, 5])
-                    )
-            for b in range(nb if kd != 9 and kd != 3 and kd != 6 else 0):
-                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.uint64(0)
-                for k in range(kd):
-                    x = xl[k]
-                    a0 += popcount64(x ^ wblk[b, k, 0])
-                    a1 += popcount64(x ^ wblk[b, k, 1])
-                    a2 += popcount64(x ^ wblk[b, k, 2])
-                    a3 += popcount64(x ^ wblk[b, k, 3])
-                    a4 += popcount64(x ^ wblk[b, k, 4])
-                    a5 += popcount64(x ^ wblk[b, k, 5])
-                    a6 += popcount64(x ^ wblk[b, k, 6])
-                    a7 += popcount64(x ^ wblk[b, k, 7])
-                dots[8 * b] = np.int32(a0)
-                dots[8 * b + 1] = np.int32(a1)
-                dots[8 * b + 2] = np.int32(a2)
-                dots[8 * b + 3] = np.int32(a3)
-                dots[8 * b + 4] = np.int32(a4)
-                dots[8 * b + 5] = np.int32(a5)
-                dots[8 * b + 6] = np.int32(a6)
-                dots[8 * b + 7] = np.int32(a7)
-            # border pixels: padding bits are 0, so a tap outside the image counted its weight bits; drop them
-            iw0 = ow * sw - pw
-            nvalid = ntap
-            if not (row_ok and iw0 >= 0 and iw0 + (kw_ - 1) * dw < w_in):
-                nvalid = 0
-                for kh in range(kh_):
-                    ih = ih0 + kh * dh
-                    for kw in range(kw_):
-                        iw = iw0 + kw * dw
-                        if 0 <= ih < h_in and 0 <= iw < w_in:
-                            nvalid += 1
-                        else:
-                            for o in range(o_):
-                                dots[o] -= wpop[kh * kw_ + kw, o]
-            # epilogue (vectorized) as the reference's: dot·mul + add in float64 (mul, add: float64 copies of the
-            # float32 arrays; the product is exact), rounded once to float32, then the float32 residual add.
-            # float32 arithmetic would round twice and differ from the reference in the last bit.
-            cn = np.int32(c_in * nvalid)
-            if has_res:
-                for o in range(o_):
-                    y = np.float32(np.float64(cn - 2 * dots[o]) * mul[o] + add[o]) + res[n, oh, ow, o]
-                    out[n, oh, ow, o] = min(max(y, lo), hi) if clamp else y
-            else:
-                for o in range(o_):
-                    y = np.float32(np.float64(cn - 2 * dots[o]) * mul[o] + add[o])
-                    out[n, oh, ow, o] = min(max(y, lo), hi) if clamp else y
+                    y[o] = ((y[o] + nshift[o]) - np.float32(0.0)) + np.float32(0.0)
+                _store_signs(yu, o_, fb, flags, prow, ow + npw)
+        if wbits:
+            _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
 
 
 def tap_popcounts(w: np.ndarray) -> np.ndarray:
@@ -247,9 +308,9 @@ def tap_popcounts(w: np.ndarray) -> np.ndarray:
 
 
 def per_channel_weights(wblk: np.ndarray, o: int) -> np.ndarray:
-    """The blocked weights of :func:`row_window_weights` as (O, KH·Rw), one row per output channel: the
-    layout of the kernel's register-resident path (3, 6 or 9 operand words)."""
-    return np.ascontiguousarray(wblk.transpose(0, 2, 1).reshape(-1, wblk.shape[1])[:o])
+    """The blocked weights of :func:`row_window_weights` as (KH·Rw, O), one column per output channel: the
+    layout of the kernel's register-resident path (3, 6 or 9 operand words), contiguous along O."""
+    return np.ascontiguousarray(wblk.transpose(1, 0, 2).reshape(wblk.shape[1], -1)[:, :o])
 
 
 def row_window_weights(w: np.ndarray, c_in: int) -> np.ndarray:
@@ -406,37 +467,25 @@ def warmup_parallel_layer() -> None:
 def warmup() -> None:
     """Compile (or load from cache) every kernel on tiny inputs."""
     x = np.zeros((1, 2, 2, 3), dtype=np.float32)
-    xw = np.zeros((1, 4, 2, 1), dtype=np.uint64)
-    pack_rows(x, np.zeros(3, np.float32), np.zeros(1, np.float32), 1, 1, 3, 1, xw)
+    xp = np.zeros((1, 4, 2, 1), dtype=np.uint64)
+    pack_rows(x, np.zeros(3, np.float32), np.zeros(1, np.float32), True, 1, 1, 3, 1, xp)
     sample_mean_kernel(x.reshape(1, -1), np.empty(1, np.float32))
-    wblk = np.zeros((1, 3, BLOCK), dtype=np.uint64)
+    g = np.array([3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 3, 2, 2, 5, 3, 1, 1, 1, 1, 1, 1, 1], np.int64)
     out = np.empty((1, 2, 2, 5), dtype=np.float32)
-    for has_res in (False, True):
-        bconv_kernel(
-            xw,
-            wblk,
-            np.zeros((5, 3), np.uint64),
-            np.zeros((9, 5), np.int32),
-            3,
-            3,
-            np.ones(5, np.float64),
-            np.zeros(5, np.float64),
-            np.zeros((1, 2, 2, 5), np.float32),
-            has_res,
-            np.float32(-1),
-            np.float32(1),
-            True,
-            1,
-            1,
-            1,
-            1,
-            1,
-            1,
-            2,
-            2,
-            3,
-            out,
-        )
+    bconv_kernel(
+        xp,
+        np.zeros((1, 3, BLOCK), dtype=np.uint64),
+        np.zeros((3, 5), np.uint64),
+        np.zeros((9, 5), np.int32),
+        g,
+        np.ones(5, np.float64),
+        np.zeros(5, np.float64),
+        np.zeros((1, 2, 2, 5), np.float32),
+        np.array([-1, 1], np.float32),
+        out,
+        np.zeros(5, np.float32),
+        np.zeros((1, 4, 2, 1), np.uint64),
+    )
     z2 = np.zeros(2, np.float32)
     fconv_kernel(x, np.zeros((1, 1, 3, 2), np.float32), z2, 1, 1, 0, 0, 1, 1, np.empty((1, 2, 2, 2), np.float32))
     flinear_kernel(x.reshape(4, 3), np.zeros((3, 2), np.float32), z2, np.empty((4, 2), np.float32))

@@ -26,7 +26,6 @@ from .kernels import (
     per_channel_weights,
     prelu_kernel,
     row_window_weights,
-    sample_mean_kernel,
     tap_popcounts,
 )
 from .threads import TiledRunner, run_managed, serial_if_small
@@ -58,6 +57,9 @@ _KIND = {
 }
 
 _DUMMY4 = np.zeros((1, 1, 1, 1), dtype=np.float32)
+_DUMMY_BITS = np.zeros((1, 1, 1, 1), dtype=np.uint64)
+_DUMMY_SHIFT = np.zeros(1, dtype=np.float32)
+BITS = "bits"  # env[(name, BITS)]: the row windows a fused binary step wrote for its binary reader
 
 
 class _BinPrep:
@@ -82,8 +84,9 @@ class _BinPrep:
         if self.c * kh * kw >= 1 << 24:
             raise ValueError(f"{node.name}: C·KH·KW = {self.c * kh * kw} is too large for the float32 epilogue")
         self.rw = (kw * self.c + 63) // 64
+        self._layouts: dict[tuple, tuple] = {}
         self.wblk = row_window_weights(w, self.c)
-        self.wrow = per_channel_weights(self.wblk, o)
+        self.wcol = per_channel_weights(self.wblk, o)
         # float64 copies: the epilogue computes in float64 like the reference's affine_out
         self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float64)
         self.add = np.ascontiguousarray(node.arrays["out_add"], dtype=np.float64)
@@ -96,6 +99,74 @@ class _BinPrep:
         self.ones = np.ones(o, dtype=np.float64)
         self.zeros = np.zeros(o, dtype=np.float64)
 
+    def pack(self, x: np.ndarray, times: dict[str, float] | None = None) -> np.ndarray:
+        """This layer's input: NHWC float32 ``x`` binarized (threshold and sign as the reference) into row windows
+        (N, H+2ph, Wq, Rw) (:func:`.kernels.pack_rows`). ``times``: add the seconds to ``times["input packing"]``."""
+        t0 = time.perf_counter() if times is not None else 0.0
+        n, h, w, _ = x.shape
+        ph, pw = self.pad
+        kw, dw = self.kshape[2], self.dil[1]
+        mean = np.zeros(n, dtype=np.float32)  # the kernel writes the per-sample means when standardizing
+        xw = np.empty((n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), dtype=np.uint64)
+        with serial_if_small(2 * x.size):
+            pack_rows(x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
+        if times is not None:
+            times["input packing"] += time.perf_counter() - t0
+        return xw
+
+    def input_hw(self, xw: np.ndarray) -> tuple[int, int]:
+        """The input's H and W from its row windows' shape."""
+        (ph, pw), kw, dw = self.pad, self.kshape[2], self.dil[1]
+        return xw.shape[1] - 2 * ph, xw.shape[2] - 2 * pw + dw * (kw - 1)
+
+    def _layout(self, h: int, w: int, flags: tuple[int, int, int, int], nxt: _BinPrep | None, clamp) -> tuple:
+        """Per input size, flags, next layer and clamp, computed once: the kernel's int64 geometry (``G_*``), the
+        per-sample shapes of the float output and of the next layer's row windows, the clamp bounds as float32,
+        and the word operations per sample (the thread policy's work)."""
+        key = (h, w, flags, id(nxt), clamp)
+        lay = self._layouts.get(key)
+        if lay is None:
+            (ph, pw), (sh, sw), (dh, dw) = self.pad, self.stride, self.dil
+            o, kh, kw = self.kshape
+            ho, wo = ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(w, kw, sw, pw, dw)
+            nkw, ndw, (nph, npw) = (nxt.kshape[2], nxt.dil[1], nxt.pad) if nxt is not None else (1, 1, (0, 0))
+            geom = [kh, kw, sh, sw, dh, dw, ph, pw, h, w, self.c, ho, wo, o, nkw, ndw, nph, npw, *flags]
+            g = np.array(geom, dtype=np.int64)
+            nshape = (ho + 2 * nph, wo + 2 * npw - ndw * (nkw - 1), nxt.rw) if nxt is not None else None
+            lohi = np.array(clamp if clamp is not None else (0.0, 0.0), dtype=np.float32)
+            lay = (g, (ho, wo, o), nshape, lohi, ho * wo * o * kh * self.rw)
+            if len(self._layouts) < 256:
+                self._layouts[key] = lay
+        return lay
+
+    def conv(self, xp, h, w, res=None, clamp=None, raw=False, want_float=True, nxt: _BinPrep | None = None):
+        """The conv of packed input ``xp`` (from :meth:`pack`, of an H x W input): ``(float32 output or None,
+        the row windows of ``nxt``'s input or None)``; ``raw``: the integer dots (int64) as the output. With
+        ``nxt`` the next binary layer's input is binarized in the epilogue (``nxt`` thresholds per channel)."""
+        n = xp.shape[0]
+        bits = nxt is not None and not raw
+        has_res, has_clamp = res is not None and not raw, clamp is not None and not raw
+        flags = (int(has_res), int(has_clamp), int(want_float or raw), int(bits))
+        cl = (float(clamp[0]), float(clamp[1])) if flags[1] else None
+        g, oshape, nshape, lohi, work = self._layout(h, w, flags, nxt if bits else None, cl)
+        if flags[0] and res.shape != (n, *oshape):
+            # the kernel indexes res without bounds checks: a residual of another shape (only a hand-made
+            # graph has one) is added unfused, with NumPy's broadcasting like the reference engine
+            y = self.conv(xp, h, w)[0] + res
+            y = np.clip(y, np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None else y
+            return y, (None if nxt is None else nxt.pack(np.ascontiguousarray(y, dtype=np.float32)))
+        out = np.empty((n, *oshape), dtype=np.float32) if flags[2] else _DUMMY4
+        nout = np.zeros((n, *nshape), np.uint64) if bits else _DUMMY_BITS
+        mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
+        with serial_if_small(n * work):
+            bconv_kernel(
+                xp, self.wblk, self.wcol, self.wpop, g, mul, add, res if flags[0] else _DUMMY4, lohi, out,
+                nxt.shift if bits else _DUMMY_SHIFT, nout,
+            )
+        if raw:
+            out = out.astype(np.int64)
+        return (out if flags[2] else None), (nout if bits else None)
+
     def run(self, x, res=None, clamp=None, raw=False, times: dict[str, float] | None = None):
         """Binary layer on NHWC (or (N, F)) float32 ``x``; ``raw``: return integer dots (int64). ``times``: add
         the seconds spent binarizing and packing the input to ``times["input packing"]`` (profiling)."""
@@ -103,62 +174,42 @@ class _BinPrep:
         if flat:
             x = x.reshape(x.shape[0], 1, 1, x.shape[1])
         x = np.ascontiguousarray(x, dtype=np.float32)
-        n, h, w, c = x.shape
-        ph, pw = self.pad
-        (sh, sw), (dh, dw) = self.stride, self.dil
-        o, kh, kw = self.kshape
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        t0 = time.perf_counter() if times is not None else 0.0
-        if self.standardize:
-            mean = np.empty(n, dtype=np.float32)
-            with serial_if_small(x.size):
-                sample_mean_kernel(x.reshape(n, -1), mean)
+        out = self.conv(self.pack(x, times), x.shape[1], x.shape[2], res, clamp, raw)[0]
+        return out.reshape(out.shape[0], -1) if flat else out
+
+
+class _BinStep:
+    """One fused binary step of the plan: [pack] -> bconv [-> add residual] [-> hardtanh] [-> the next binary
+    layer's sign bits]. Reads its input as row windows (``env[(src, BITS)]``) when the step before wrote them,
+    and writes ``env[(name, BITS)]`` when ``nxt`` is set; returns the float output, or None when no one reads
+    it."""
+
+    def __init__(self, ops: FastOps, node: Node, name: str, res_name, clamp, packed_in: bool, nxt, want_float):
+        self.ops, self.node, self.name, self.src = ops, node, name, node.inputs[0]
+        self.prep = ops._p(node)
+        self.res_name, self.clamp, self.packed_in, self.nxt, self.want_float = (
+            res_name, clamp, packed_in, nxt, want_float)
+
+    def __call__(self, env: dict) -> np.ndarray | None:
+        p = self.prep
+        if self.packed_in:
+            xp = env[(self.src, BITS)]
+            h, w = p.input_hw(xp)
+        elif self.nxt is None:
+            return self.ops.bconv(self.node, env[self.src], self._res(env), self.clamp)
         else:
-            mean = np.zeros(n, dtype=np.float32)
-        xw = np.empty((n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), dtype=np.uint64)
-        with serial_if_small(2 * x.size):
-            pack_rows(x, self.shift, mean, ph, pw, kw, dw, xw)
-        if times is not None:
-            times["input packing"] += time.perf_counter() - t0
-        out = np.empty((n, ho, wo, o), dtype=np.float32)
-        mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
-        if res is not None and not raw and res.shape != out.shape:
-            # the kernel indexes res without bounds checks: a residual of another shape (only a hand-made
-            # graph has one) is added unfused, with NumPy's broadcasting like the reference engine
-            y = self.run(x.reshape(n, c) if flat else x) + res
-            return np.clip(y, np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None else y
-        has_res = res is not None and not raw
-        lo, hi = (np.float32(clamp[0]), np.float32(clamp[1])) if clamp is not None and not raw else (0.0, 0.0)
-        with serial_if_small(n * ho * wo * o * kh * self.rw):
-            bconv_kernel(
-                xw,
-                self.wblk,
-                self.wrow,
-                self.wpop,
-                kh,
-                kw,
-                mul,
-                add,
-                res if has_res else _DUMMY4,
-                has_res,
-                np.float32(lo),
-                np.float32(hi),
-                clamp is not None and not raw,
-                sh,
-                sw,
-                dh,
-                dw,
-                ph,
-                pw,
-                h,
-                w,
-                self.c,
-                out,
-            )
-        if raw:
-            out = out.astype(np.int64)
-        return out.reshape(n, o) if flat else out
+            x = np.ascontiguousarray(env[self.src], dtype=np.float32)
+            xp = p.pack(x, getattr(self.ops._profiling, "times", None))
+            h, w = x.shape[1], x.shape[2]
+        out, nout = p.conv(xp, h, w, self._res(env), self.clamp, False, self.want_float, self.nxt)
+        if nout is not None:
+            env[(self.name, BITS)] = nout
+        return out
+
+    def _res(self, env: dict) -> np.ndarray | None:
+        if self.res_name is None:
+            return None
+        return np.ascontiguousarray(env[self.res_name], dtype=np.float32)
 
 
 class FastOps(ref.ReferenceOps):
@@ -283,6 +334,7 @@ class FastOps(ref.ReferenceOps):
         out_name = graph.output
         skip: set[str] = set()
         steps = []  # (position, result name, first node of the group, callable(env) -> array)
+        bins = []  # binary groups: (first node, last node's name, residual's name, clamp)
 
         def sole_reader(name: str, op: str) -> Node | None:
             rs = readers[name]
@@ -308,7 +360,8 @@ class FastOps(ref.ReferenceOps):
                     clamp, last = (ht.attrs["min"], ht.attrs["max"]), ht
                 group = {n.name, last.name} | ({add.name} if res_name else set())
                 skip |= group
-                steps.append((pos[last.name], last.name, n, self._bin_step(n, res_name, clamp)))
+                steps.append((pos[last.name], last.name, n, None))
+                bins.append((n, last.name, res_name, clamp))
                 continue
             if n.op == "affine":
                 ht = sole_reader(n.name, "hardtanh")
@@ -317,7 +370,8 @@ class FastOps(ref.ReferenceOps):
                     steps.append((pos[ht.name], ht.name, n, self._affine_step(n, (ht.attrs["min"], ht.attrs["max"]))))
                     continue
             steps.append((pos[n.name], n.name, n, self._plain_step(n)))
-        steps.sort(key=lambda s: s[0])
+        bin_steps = self._bin_steps(bins, readers)
+        steps = [(k, name, node, fn or bin_steps[node.name]) for k, name, node, fn in sorted(steps, key=lambda s: s[0])]
         self.input_name, self.output_name = nodes[0].name, out_name
         self.steps = [(name, _KIND.get(node.op, "other"), fn) for _, name, node, fn in steps]
         order = [(name, fn) for name, _, fn in self.steps]
@@ -353,11 +407,33 @@ class FastOps(ref.ReferenceOps):
         times["other"] += max(0.0, time.perf_counter() - start - sum(times.values()))
         return times
 
-    def _bin_step(self, node: Node, res_name: str | None, clamp):
-        src = node.inputs[0]
-        if res_name is None:
-            return lambda env: self.bconv(node, env[src], None, clamp)
-        return lambda env: self.bconv(node, env[src], np.ascontiguousarray(env[res_name], dtype=np.float32), clamp)
+    def _bin_steps(self, bins: list[tuple], readers: dict[str, list[Node]]) -> dict[str, _BinStep]:
+        """A :class:`_BinStep` per binary group (by its first node's name). A group whose only binary reader is
+        the bconv of the next group, thresholding per channel (or not at all), writes that reader's row windows
+        in its epilogue, and its floats only when someone else reads them (a residual path, the output)."""
+        firsts = {first.name for first, _, _, _ in bins}
+        feeds: dict[str, Node] = {}
+        for first, last, _, _ in bins:
+            binary = [r for r in readers[last] if r.op in ("bconv", "blinear")]
+            if len(binary) == 1 and binary[0].name in firsts and self._feeds_bits(first, binary[0], last):
+                feeds[first.name] = binary[0]
+        packed_in = {c.name for c in feeds.values()}
+        steps = {}
+        for first, last, res_name, clamp in bins:
+            c = feeds.get(first.name)
+            want_float = c is None or any(r is not c for r in readers[last])
+            nxt = None if c is None else self._p(c)
+            steps[first.name] = _BinStep(self, first, last, res_name, clamp, first.name in packed_in, nxt, want_float)
+        return steps
+
+    def _feeds_bits(self, producer: Node, consumer: Node, last: str) -> bool:
+        """Whether ``producer``'s epilogue can binarize ``consumer``'s input (``last``, its group's result)."""
+        p, c = self._p(producer), self._p(consumer)
+        at = consumer.attrs
+        return (
+            producer.op == "bconv" and consumer.op == "bconv" and not p.ternary and not c.ternary
+            and consumer.inputs[0] == last and at.get("zero") == 1 and at["act_transform"] in ("none", "shift")
+        )
 
     def _affine_step(self, node: Node, clamp):
         src = node.inputs[0]
