@@ -108,3 +108,24 @@ def test_rotation_every_steps_and_period(tmp_path):
     cb.on_step_end(1, 1)  # second step: update
     assert not torch.equal(model.conv2.R1, R)
     assert cb.state_dict() == {"steps": 2}
+
+
+def test_clip_grad_norm_bounds_the_step(tmp_path):
+    """One SGD step (no momentum, no decay) with lr 1 and lr 2 from the same start: the two results differ by
+    exactly the clipped gradient, whose global norm must be optim.clip_grad_norm (the raw one is far larger)."""
+    common = ["model=smallnet", "method=xnor", "seed=5", "epochs=1", "data.subset=64", "optim.name=sgd",
+              "optim.momentum=0", "optim.weight_decay=0", "schedule.name=constant", "optim.clip_grad_norm=0.001"]
+    train(_cfg(tmp_path, "lr1", *common, "optim.lr=1"))
+    train(_cfg(tmp_path, "lr2", *common, "optim.lr=2"))
+    a, _, _ = load_run_model(tmp_path / "lr1" / "last.pt")
+    b, _, _ = load_run_model(tmp_path / "lr2" / "last.pt")
+    pb = dict(b.named_parameters())
+    diff = torch.sqrt(sum(((p.detach().double() - pb[n].detach().double()) ** 2).sum()
+                          for n, p in a.named_parameters()))
+    assert diff.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_clip_grad_norm_must_be_finite_and_non_negative(tmp_path):
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(RbnnError, match="optim.clip_grad_norm"):
+            _cfg(tmp_path, "x", f"optim.clip_grad_norm={bad}")

@@ -72,6 +72,10 @@ class OptimConfig:
     # parameter-name globs that get no weight decay, e.g. ["*theta", "*.scale", "*bn*", "*.bias"];
     # the reference codes decay everything (empty list).
     no_decay: list[str] = field(default_factory=list)
+    # > 0: rescale the gradients so their global L2 norm is at most this, after backward and the methods'
+    # gradient hooks, before the step (0: off, as the reference codes). A guard against the gradient
+    # explosion of sharpening surrogates late in short schedules (docs/rbnn.md, the 16-epoch study).
+    clip_grad_norm: float = 0.0
 
 
 @dataclass
@@ -257,6 +261,8 @@ def validate(cfg: Config) -> Config:
         bad("optim.lr", f"must be > 0, got {cfg.optim.lr}")
     if cfg.optim.weight_decay < 0:
         bad("optim.weight_decay", f"must be >= 0, got {cfg.optim.weight_decay}")
+    if not cfg.optim.clip_grad_norm >= 0 or cfg.optim.clip_grad_norm == float("inf"):
+        bad("optim.clip_grad_norm", f"must be a finite number >= 0 (0: off), got {cfg.optim.clip_grad_norm}")
     if cfg.optim.name not in ("sgd", "adam", "adamw"):
         bad("optim.name", f"expected sgd, adam or adamw, got {cfg.optim.name!r}")
     if cfg.schedule.name not in ("cosine", "linear", "step", "constant"):

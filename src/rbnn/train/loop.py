@@ -268,6 +268,8 @@ class Trainer:
         loss.backward()
         for cb in self.callbacks:
             cb.on_after_backward(self.model)
+        if cfg.optim.clip_grad_norm > 0:  # after DDP's all-reduce and the hooks: the same on every rank
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm, foreach=True)
         self.optimizer.step()
         for cb in self.callbacks:
             cb.on_step_end(epoch, b)
