@@ -103,11 +103,13 @@ def curve_table(long: dict, epochs: int) -> list[str]:
     return lines
 
 
-def diagnostics_table(long: dict) -> list[str]:
+def diagnostics_table(long: dict, epochs: int) -> list[str]:
     lines = ["| method | flip rate vs init (%) | random-rotation control (%) | cos∠ mixed | cos∠ latent | α |",
              "|---|---|---|---|---|---|"]
     for method, seeds in long.items():
-        last = [rows[-1] for rows in seeds.values()]
+        last = [rows[-1] for rows in seeds.values() if len(rows) >= epochs]  # finished runs only
+        if not last:
+            continue
 
         def avg(key: str, per_layer: bool = False) -> str:
             vals = [layer_mean(r, key) if per_layer else _float(r.get(key, "")) for r in last]
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         "(its last epoch so far, left out of the mean)", "", *final_table(long, short, a.epochs), "",
         "Paired gaps (same seed), percentage points:", "", *gap_table(long, short, a.epochs), "",
         "Test accuracy per epoch (%), mean ± std over the seeds that reached it:", "", *curve_table(long, a.epochs), "",
-        "Last epoch, mean over binary layers and seeds:", "", *diagnostics_table(long), ""])
+        "Last epoch of the finished runs, mean over binary layers and seeds:", "",
+        *diagnostics_table(long, a.epochs), ""])
     if a.out:
         a.out.write_text(text)
     print(text)
