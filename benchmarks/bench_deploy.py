@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_flags, cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -47,29 +48,6 @@ def interleaved(fns: dict, repeats: int, rounds: int = 2) -> dict:
                 f()
                 times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> str:
-    """The SIMD flags that matter for these kernels (popcount, AVX2/FMA, AVX-512 and VNNI for int8)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                keep = ("popcnt", "avx2", "fma", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx_vnni")
-                return " ".join(f for f in keep if f in have) or "none of " + ", ".join(keep)
-    except OSError:
-        pass
-    return "unknown"
 
 
 def calibration_images(n: int = 64):

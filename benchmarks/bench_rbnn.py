@@ -10,12 +10,12 @@ the floor a binary method's training step cannot go under: its convolutions are 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_name
 
 from rbnn.models import create
 from rbnn.nn.layers import binary_modules
@@ -68,8 +68,7 @@ def main() -> None:
     for _ in range(2):  # interleaved: machine-load drift hits every method alike
         for m in methods:
             times[m] += step_times(a.model, m, a.batch, a.steps // 2, size)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
-        if os.path.exists("/proc/cpuinfo") else "?"
+    cpu = cpu_name()
     print(f"{a.model}, batch {a.batch}, input {size}, {a.threads} threads, median of {a.steps} steps after warm-up; "
           f"CPU {cpu}, torch {torch.__version__}")
     base = statistics.median(times["xnor"]) if "xnor" in times else None

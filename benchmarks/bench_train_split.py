@@ -17,6 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_name
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from rbnn.config import load_config
@@ -26,14 +27,6 @@ from rbnn.run import build_model
 from rbnn.train.loop import evaluate
 
 BINARIZE = ("Sign", "StandardizedSign")  # autograd Function names (forward) and their "...Backward" nodes
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    except OSError:
-        return "?"
 
 
 def _bucket(event) -> str:
@@ -105,7 +98,7 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=10000)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"CPU {_cpu_model()}, {a.threads} threads, torch {torch.__version__}; resnet20_bireal, Fashion-MNIST "
+    print(f"CPU {cpu_name()}, {a.threads} threads, torch {torch.__version__}; resnet20_bireal, Fashion-MNIST "
           f"(first {a.subset} train images, full test set), batch 128; ms per step (profiler split) and s per epoch")
     cols = ["conv forward", "conv backward", "batchnorm", "binarize", "optimizer", "rest"]
     print(f"{'method':>10} {'step ms':>8} " + " ".join(f"{c:>13}" for c in cols)

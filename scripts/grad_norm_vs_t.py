@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 import torch.nn.functional as F
 
 from rbnn.data import build_loaders
+from rbnn.errors import RbnnError
 from rbnn.nn.layers import binary_modules
 from rbnn.run import load_run_model
 
@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", default="10,12,13,14,15", help="0-based epoch indices of the run's schedule")
     p.add_argument("--batches", type=int, default=2)
     a = p.parse_args(argv)
-    model, cfg, _ = load_run_model(a.checkpoint)
+    try:
+        model, cfg, _ = load_run_model(a.checkpoint)
+    except RbnnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     train_loader, _, _ = build_loaders(cfg.data, cfg.batch_size, cfg.eval_batch_size, cfg.seed)
     batches = [b for _, b in zip(range(a.batches), train_loader)]
     layers = binary_modules(model)

@@ -103,6 +103,13 @@ def curve_table(long: dict, epochs: int) -> list[str]:
     return lines
 
 
+def _last_mean(rows: list[dict[str, str]], key: str, per_layer: bool = False) -> float | None:
+    """Mean over ``rows`` of ``key`` (its mean over layers when ``per_layer``); None when no row has it."""
+    vals = [layer_mean(r, key) if per_layer else _float(r.get(key, "")) for r in rows]
+    vals = [v for v in vals if v is not None]
+    return statistics.mean(vals) if vals else None
+
+
 def diagnostics_table(long: dict, epochs: int) -> list[str]:
     lines = ["| method | flip rate vs init (%) | random-rotation control (%) | cos∠ mixed | cos∠ latent | α |",
              "|---|---|---|---|---|---|"]
@@ -110,17 +117,11 @@ def diagnostics_table(long: dict, epochs: int) -> list[str]:
         last = [rows[-1] for rows in seeds.values() if len(rows) >= epochs]  # finished runs only
         if not last:
             continue
-
-        def avg(key: str, per_layer: bool = False) -> str:
-            vals = [layer_mean(r, key) if per_layer else _float(r.get(key, "")) for r in last]
-            vals = [v for v in vals if v is not None]
-            return f"{statistics.mean(vals):.4f}" if vals else "–"
-
-        flip = avg("flip_init")
-        flip = f"{100 * float(flip):.1f}" if flip != "–" else flip
-        ctrl = avg("flip_random_rotation", per_layer=True)
-        ctrl = f"{100 * float(ctrl):.1f}" if ctrl != "–" else ctrl
-        lines.append(f"| {method} | {flip} | {ctrl} | {avg('cos_mixed')} | {avg('cos_latent')} | {avg('alpha')} |")
+        pct = [_last_mean(last, "flip_init"), _last_mean(last, "flip_random_rotation", per_layer=True)]
+        raw = [_last_mean(last, k) for k in ("cos_mixed", "cos_latent", "alpha")]
+        cells = [("–" if v is None else f"{100 * v:.1f}") for v in pct] + \
+                [("–" if v is None else f"{v:.4f}") for v in raw]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
