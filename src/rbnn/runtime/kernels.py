@@ -61,9 +61,53 @@ def popcount64(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def f32_bits(typingctx, x):
+    """The IEEE bits of a float32 as uint32 (an LLVM bitcast: free, and vectorizable, unlike an array view)."""
+    if not isinstance(x, types.Float) or x.bitwidth != 32:
+        return None
+    sig = types.uint32(x)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def signs8(typingctx, y, i, s, j):
+    """The sign bits of ``((y[i+k] + s[j+k]) - 0) + 0`` for k < 8 (float32 arrays, contiguous) as the bits of one
+    uint8 (bit k): one 8-wide vector add and a sign-bit mask (``vaddps`` + ``vmovmskps`` on AVX2; LLVM lowers the
+    same IR on any target). The loop form of this was 2-3 cycles per value."""
+    if not (isinstance(y, types.Array) and isinstance(s, types.Array) and y.dtype == types.float32
+            and s.dtype == types.float32 and isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+        return None
+    sig = types.uint8(y, i, s, j)
+
+    def codegen(context, builder, signature, args):
+        f8 = ir.VectorType(ir.FloatType(), 8)
+        i8 = ir.VectorType(ir.IntType(32), 8)
+
+        def load8(arr_type, arr, idx):
+            data = cgutils.create_struct_proxy(arr_type)(context, builder, value=arr).data
+            ptr = builder.bitcast(builder.gep(data, [idx]), f8.as_pointer())
+            return builder.load(ptr, align=4)
+
+        v = builder.fadd(load8(signature.args[0], args[0], args[1]), load8(signature.args[2], args[2], args[3]))
+        zero = ir.Constant(f8, [0.0] * 8)
+        v = builder.fadd(builder.fsub(v, zero), zero)
+        neg = builder.icmp_signed("<", builder.bitcast(v, i8), ir.Constant(i8, [0] * 8))
+        return builder.bitcast(neg, ir.IntType(8))
+
+    return sig, codegen
+
+
 # ---- kernels -----------------------------------------------------------------------------------------
 
 
+# a binary conv's output rows run as this many parallel chunks (scratch is allocated once per chunk): enough
+# to balance any thread count here, few enough that the allocations do not show
+CHUNKS = 64
 BLOCK = 8  # output channels per register block: 8 accumulators + operand + temp fit the 16 x86-64 GPRs
 
 
@@ -174,52 +218,82 @@ def pack_rows(x, shift, mean, standardize, ph, pw, kw_, dw, out):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _popcounts(xl, wblk, wcol, o_, dots):
-    """popcount(operand ^ weights) per output channel into ``dots``. With 3, 6 or 9 operand words (3x3 convs up
-    to 64 channels) the words stay in registers and the loop runs over output channels, reading ``wcol`` (KH·Rw, O)
-    contiguously (vectorized: 40 % faster than one weight row per channel at 32-64 channels); otherwise over blocks of
-    8 output channels with 8 accumulators in registers, weights interleaved by block (one cache line a step)."""
+def _pop3(x0, x1, x2, wcol, o_, d):
+    for o in range(o_):
+        d[o] = np.int32(popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o]))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pop_blocks(xl, wblk, d):
+    """popcount(operand ^ weights) for blocks of 8 output channels, 8 accumulators in registers, weights
+    interleaved by block (one cache line a step)."""
     nb, kd, _ = wblk.shape
-    if kd == 9:
-        x0, x1, x2, x3, x4, x5, x6, x7, x8 = xl[0], xl[1], xl[2], xl[3], xl[4], xl[5], xl[6], xl[7], xl[8]
-        for o in range(o_):
-            dots[o] = np.int32(
-                popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o])
-                + popcount64(x3 ^ wcol[3, o]) + popcount64(x4 ^ wcol[4, o]) + popcount64(x5 ^ wcol[5, o])
-                + popcount64(x6 ^ wcol[6, o]) + popcount64(x7 ^ wcol[7, o]) + popcount64(x8 ^ wcol[8, o])
-            )
-    elif kd == 3:
-        x0, x1, x2 = xl[0], xl[1], xl[2]
-        for o in range(o_):
-            dots[o] = np.int32(popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o]))
+    for b in range(nb):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.uint64(0)
+        for k in range(kd):
+            x = xl[k]
+            a0 += popcount64(x ^ wblk[b, k, 0])
+            a1 += popcount64(x ^ wblk[b, k, 1])
+            a2 += popcount64(x ^ wblk[b, k, 2])
+            a3 += popcount64(x ^ wblk[b, k, 3])
+            a4 += popcount64(x ^ wblk[b, k, 4])
+            a5 += popcount64(x ^ wblk[b, k, 5])
+            a6 += popcount64(x ^ wblk[b, k, 6])
+            a7 += popcount64(x ^ wblk[b, k, 7])
+        d[8 * b] = np.int32(a0)
+        d[8 * b + 1] = np.int32(a1)
+        d[8 * b + 2] = np.int32(a2)
+        d[8 * b + 3] = np.int32(a3)
+        d[8 * b + 4] = np.int32(a4)
+        d[8 * b + 5] = np.int32(a5)
+        d[8 * b + 6] = np.int32(a6)
+        d[8 * b + 7] = np.int32(a7)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_popcounts(xf, base, step, off, wblk, wcol, o_, dots):
+    """popcount(operand ^ weights) of every pixel of one output row into ``dots`` (Wo, ≥O): pixel ow's operand is
+    the words ``xf[base + ow·step + off[i]]``. With 3, 6 or 9 operand words (3x3 convs up to 64 channels) the
+    words stay in registers and the loop runs over output channels, reading ``wcol`` (KH·Rw, O) contiguously
+    (vectorized); otherwise :func:`_pop_blocks`. The branch is taken once per row, not per pixel."""
+    wo = dots.shape[0]
+    kd = off.shape[0]
+    if kd == 3:
+        f0, f1, f2 = off[0], off[1], off[2]
+        for ow in range(wo):
+            b = base + ow * step
+            _pop3(xf[b + f0], xf[b + f1], xf[b + f2], wcol, o_, dots[ow])
     elif kd == 6:
-        x0, x1, x2, x3, x4, x5 = xl[0], xl[1], xl[2], xl[3], xl[4], xl[5]
-        for o in range(o_):
-            dots[o] = np.int32(
-                popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o])
-                + popcount64(x3 ^ wcol[3, o]) + popcount64(x4 ^ wcol[4, o]) + popcount64(x5 ^ wcol[5, o])
-            )
+        f0, f1, f2, f3, f4, f5 = off[0], off[1], off[2], off[3], off[4], off[5]
+        for ow in range(wo):
+            b = base + ow * step
+            x0, x1, x2, x3, x4, x5 = xf[b + f0], xf[b + f1], xf[b + f2], xf[b + f3], xf[b + f4], xf[b + f5]
+            d = dots[ow]
+            for o in range(o_):
+                d[o] = np.int32(
+                    popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o])
+                    + popcount64(x3 ^ wcol[3, o]) + popcount64(x4 ^ wcol[4, o]) + popcount64(x5 ^ wcol[5, o])
+                )
+    elif kd == 9:
+        f0, f1, f2, f3, f4, f5, f6, f7, f8 = off[0], off[1], off[2], off[3], off[4], off[5], off[6], off[7], off[8]
+        for ow in range(wo):
+            b = base + ow * step
+            x0, x1, x2, x3, x4 = xf[b + f0], xf[b + f1], xf[b + f2], xf[b + f3], xf[b + f4]
+            x5, x6, x7, x8 = xf[b + f5], xf[b + f6], xf[b + f7], xf[b + f8]
+            d = dots[ow]
+            for o in range(o_):
+                d[o] = np.int32(
+                    popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o])
+                    + popcount64(x3 ^ wcol[3, o]) + popcount64(x4 ^ wcol[4, o]) + popcount64(x5 ^ wcol[5, o])
+                    + popcount64(x6 ^ wcol[6, o]) + popcount64(x7 ^ wcol[7, o]) + popcount64(x8 ^ wcol[8, o])
+                )
     else:
-        for b in range(nb):
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.uint64(0)
-            for k in range(kd):
-                x = xl[k]
-                a0 += popcount64(x ^ wblk[b, k, 0])
-                a1 += popcount64(x ^ wblk[b, k, 1])
-                a2 += popcount64(x ^ wblk[b, k, 2])
-                a3 += popcount64(x ^ wblk[b, k, 3])
-                a4 += popcount64(x ^ wblk[b, k, 4])
-                a5 += popcount64(x ^ wblk[b, k, 5])
-                a6 += popcount64(x ^ wblk[b, k, 6])
-                a7 += popcount64(x ^ wblk[b, k, 7])
-            dots[8 * b] = np.int32(a0)
-            dots[8 * b + 1] = np.int32(a1)
-            dots[8 * b + 2] = np.int32(a2)
-            dots[8 * b + 3] = np.int32(a3)
-            dots[8 * b + 4] = np.int32(a4)
-            dots[8 * b + 5] = np.int32(a5)
-            dots[8 * b + 6] = np.int32(a6)
-            dots[8 * b + 7] = np.int32(a7)
+        xl = np.empty(kd, dtype=np.uint64)
+        for ow in range(wo):
+            b = base + ow * step
+            for i in range(kd):
+                xl[i] = xf[b + off[i]]
+            _pop_blocks(xl, wblk, dots[ow])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -242,16 +316,47 @@ def _border(ih0, iw0, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _epilogue(dots, cn, mul, add, res, n, oh, ow, has_res, clamp, lo, hi, y):
-    """``y = float32((cn − 2·dot)·mul + add) (+ res) (clamped)`` as the reference: the affine in float64 (``mul``,
-    ``add``: float64 copies of the float32 arrays; the product is exact) rounded once, then the float32 residual
-    add. float32 arithmetic would round twice and differ from the reference in the last bit. Vectorized."""
-    two = np.int32(2)  # int32 throughout: int32 -> float64 vectorizes on AVX2, int64 -> float64 does not
-    for o in range(y.shape[0]):
-        v = np.float32(np.float64(np.int32(cn - two * dots[o])) * mul[o] + add[o])
-        if has_res:
-            v = v + res[n, oh, ow, o]
-        y[o] = min(max(v, lo), hi) if clamp else v
+def _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y):
+    """One output row ``y`` (Wo, O) ``= float32((cn − 2·dot)·mul + add) (+ res) (clamped)`` as the reference: the
+    affine in float64 (``mul``, ``add``: float64 copies of the float32 arrays; the product is exact) rounded once,
+    then the float32 residual add (float32 arithmetic would round twice and differ in the last bit). One simple
+    loop per operation over the whole row, so each vectorizes (int32 -> float64 does on AVX2, int64 does not)."""
+    wo, o_ = y.shape
+    two = np.int32(2)
+    for ow in range(wo):
+        c = cn[ow]
+        for o in range(o_):
+            y[ow, o] = np.float32(np.float64(np.int32(c - two * dots[ow, o])) * mul[o] + add[o])
+    if has_res:
+        for ow in range(wo):
+            for o in range(o_):
+                y[ow, o] = y[ow, o] + res[n, oh, ow, o]
+    if clamp:
+        for ow in range(wo):
+            for o in range(o_):
+                y[ow, o] = min(max(y[ow, o], lo), hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_signs(y, nshift, prow, npw):
+    """The next binary layer's sign bits of one output row ``y`` (Wo, O), thresholded by ``nshift`` exactly as
+    :func:`pack_rows` (the sign bit of ``((y + shift) - 0) + 0``), into the zeroed pixel words ``prow[npw + ow]``,
+    channel o at bit o: 8 channels at a time (:func:`signs8`), each byte stored at its place in the
+    little-endian words."""
+    wo, o_ = y.shape
+    pb = prow.reshape(-1).view(np.uint8)
+    pstride = prow.shape[1] * 8
+    yf = y.reshape(-1)
+    zero = np.float32(0.0)
+    for ow in range(wo):
+        dst = (ow + npw) * pstride
+        for g8 in range(o_ >> 3):
+            pb[dst + g8] = signs8(yf, ow * o_ + 8 * g8, nshift, 8 * g8)
+        if o_ & 7:
+            acc = np.uint32(0)
+            for o in range(o_ & ~7, o_):
+                acc |= (f32_bits(((y[ow, o] + nshift[o]) - zero) + zero) >> np.uint32(31)) << np.uint32(o & 7)
+            pb[dst + (o_ >> 3)] = np.uint8(acc)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -261,7 +366,8 @@ def bconv_kernel(xw, wblk, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout
     (clamped to ``lohi``)``, written as float32 to ``out`` (N, Ho, Wo, O) when ``g[G_FLOAT]`` and, when
     ``g[G_BITS]``, binarized with the next binary layer's ``nshift`` (exactly :func:`pack_rows`' float ops) into
     that layer's row windows ``nout`` (its padding rows zeroed by the caller): the next layer's input is never
-    re-read as floats."""
+    re-read as floats. One output row at a time, in phases (the popcounts of every pixel, the epilogue, the
+    signs), each a tight loop; rows in chunks so that scratch is allocated once per chunk, not per row."""
     n_, hp, wq, rw = xw.shape
     xf = xw.reshape(-1)  # xw is C-contiguous (allocated by the plan)
     nb, kd, _ = wblk.shape
@@ -271,34 +377,30 @@ def bconv_kernel(xw, wblk, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout
     has_res, clamp, wfloat, wbits = g[G_RES] != 0, g[G_CLAMP] != 0, g[G_FLOAT] != 0, g[G_BITS] != 0
     lo, hi = lohi[0], lohi[1]
     rowstep = dh * wq * rw
-    for r in prange(n_ * ho):
-        n = r // ho
-        oh = r - n * ho
-        xl = np.empty(kd, dtype=np.uint64)
-        dots = np.empty(nb * 8, dtype=np.int32)
-        y = np.empty(o_, dtype=np.float32)
-        yu = y.view(np.uint32)
-        flags = np.zeros((o_ + 7) // 8, dtype=np.uint64)
-        fb = flags.view(np.uint8)
+    off = np.empty(kd, dtype=np.int64)  # operand word i of a pixel: kernel row i // rw, word i % rw
+    for i in range(kd):
+        off[i] = (i // rw) * rowstep + i % rw
+    rows = n_ * ho
+    chunks = min(rows, CHUNKS)
+    for t in prange(chunks):
+        dots = np.empty((wo, nb * 8), dtype=np.int32)
+        cn = np.empty(wo, dtype=np.int32)
+        ybuf = np.empty((wo, o_), dtype=np.float32)
         prow = np.zeros((wo + 2 * npw if wbits else 0, (o_ + 63) // 64), dtype=np.uint64)
-        for ow in range(wo):
-            base = ((n * hp + oh * sh) * wq + ow * sw) * rw  # flat indices: 12 % faster than 4-D at 16 channels
-            for kh in range(kh_):  # the KH windows of this output pixel, one contiguous operand vector
-                b = base + kh * rowstep
-                for k in range(rw):
-                    xl[kh * rw + k] = xf[b + k]
-            _popcounts(xl, wblk, wcol, o_, dots)
-            nvalid = _border(oh * sh - ph, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots)
-            _epilogue(dots, np.int32(c_ * nvalid), mul, add, res, n, oh, ow, has_res, clamp, lo, hi, y)
-            if wfloat:
-                for o in range(o_):
-                    out[n, oh, ow, o] = y[o]
+        for r in range(t * rows // chunks, (t + 1) * rows // chunks):
+            n = r // ho
+            oh = r - n * ho
+            # flat indices (12 % faster than 4-D at 16 channels); a pixel's operand: its KH row windows
+            _row_popcounts(xf, (n * hp + oh * sh) * wq * rw, sw * rw, off, wblk, wcol, o_, dots)
+            for ow in range(wo):
+                nvalid = _border(oh * sh - ph, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
+                cn[ow] = np.int32(c_ * nvalid)
+            y = out[n, oh] if wfloat else ybuf
+            _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y)
             if wbits:
-                for o in range(o_):
-                    y[o] = ((y[o] + nshift[o]) - np.float32(0.0)) + np.float32(0.0)
-                _store_signs(yu, o_, fb, flags, prow, ow + npw)
-        if wbits:
-            _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
+                prow[:] = 0
+                _row_signs(y, nshift, prow, npw)
+                _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
 
 
 def tap_popcounts(w: np.ndarray) -> np.ndarray:
@@ -334,34 +436,42 @@ def row_window_weights(w: np.ndarray, c_in: int) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def fconv_kernel(x, wt, bias, sh, sw, ph, pw, dh, dw, out):
-    """Float direct conv, NHWC: ``wt`` (KH, KW, C, O); the O loop is innermost (vectorized). For the float
-    first layer (C = 3): no im2col copy, and no BLAS call whose spinning worker threads would steal the
-    cores from the binary layers that follow."""
-    n_, h_, w_, c_ = x.shape
+def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, out):
+    """Float direct conv of planar, zero-padded ``xp`` (N, C, H+2ph, W+2pw) with ``wt`` (KH, KW, C, O) into NHWC
+    ``out``: per output row, for every tap (kh, kw, c) in the reference's order and every output channel, one
+    loop over the row's pixels (contiguous at stride 1: vectorized) adds ``x·w`` to a (O, Wo) float32
+    accumulator, then the bias. The padding taps add 0·w = ±0 like the reference's, which changes nothing. For
+    the float first layer (C = 3): no im2col copy, and no BLAS call whose spinning worker threads would steal
+    the cores from the binary layers that follow. 7-10x faster than a loop over output channels per pixel."""
+    n_, c_, _, _ = xp.shape
     kh_, kw_, _, o_ = wt.shape
     ho, wo = out.shape[1], out.shape[2]
-    for r in prange(n_ * ho):
-        n = r // ho
-        oh = r - n * ho
-        acc = np.empty(o_, dtype=np.float32)
-        for ow in range(wo):
-            for o in range(o_):
-                acc[o] = np.float32(0.0)
+    rows = n_ * ho
+    chunks = min(rows, CHUNKS)
+    for t in prange(chunks):
+        acc = np.empty((o_, wo), dtype=np.float32)
+        for r in range(t * rows // chunks, (t + 1) * rows // chunks):
+            n = r // ho
+            oh = r - n * ho
+            acc[:] = 0.0
             for kh in range(kh_):
-                ih = oh * sh - ph + kh * dh
-                if ih < 0 or ih >= h_:
-                    continue
+                ih = oh * sh + kh * dh
                 for kw in range(kw_):
-                    iw = ow * sw - pw + kw * dw
-                    if iw < 0 or iw >= w_:
-                        continue
                     for c in range(c_):
-                        v = x[n, ih, iw, c]
-                        for o in range(o_):
-                            acc[o] += v * wt[kh, kw, c, o]
-            for o in range(o_):
-                out[n, oh, ow, o] = acc[o] + bias[o]
+                        row = xp[n, c, ih, kw * dw :]
+                        if sw == 1:
+                            for o in range(o_):
+                                wv = wt[kh, kw, c, o]
+                                for ow in range(wo):
+                                    acc[o, ow] += row[ow] * wv
+                        else:
+                            for o in range(o_):
+                                wv = wt[kh, kw, c, o]
+                                for ow in range(wo):
+                                    acc[o, ow] += row[ow * sw] * wv
+            for ow in range(wo):
+                for o in range(o_):
+                    out[n, oh, ow, o] = acc[o, ow] + bias[o]
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -487,7 +597,8 @@ def warmup() -> None:
         np.zeros((1, 4, 2, 1), np.uint64),
     )
     z2 = np.zeros(2, np.float32)
-    fconv_kernel(x, np.zeros((1, 1, 3, 2), np.float32), z2, 1, 1, 0, 0, 1, 1, np.empty((1, 2, 2, 2), np.float32))
+    fconv_kernel(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 1, 3, 2), np.float32), z2, 1, 1, 1, 1,
+                 np.empty((1, 2, 2, 2), np.float32))
     flinear_kernel(x.reshape(4, 3), np.zeros((3, 2), np.float32), z2, np.empty((4, 2), np.float32))
     maxpool_kernel(x, 2, 2, 2, 2, 0, 0, 1, 1, np.empty((1, 1, 1, 3), np.float32))
     avgpool_kernel(x, 2, 2, 2, 2, 0, 0, True, np.empty((1, 1, 1, 3), np.float32))

@@ -267,9 +267,11 @@ class FastOps(ref.ReferenceOps):
         kh, kw, _, o = wt.shape
         n, h, wd, _ = x.shape
         out = np.empty((n, ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(wd, kw, sw, pw, dw), o), dtype=np.float32)
-        with serial_if_small(out.size * wt.shape[2] * kh * kw // 8):
-            xc = np.ascontiguousarray(x, dtype=np.float32)
-            fconv_kernel(xc, wt, node.arrays["bias"], sh, sw, ph, pw, dh, dw, out)
+        c = x.shape[3]
+        xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=np.float32)  # planar and zero-padded: see the kernel
+        xp[:, :, ph : ph + h, pw : pw + wd] = x.transpose(0, 3, 1, 2)
+        with serial_if_small(out.size * c * kh * kw // 8):
+            fconv_kernel(xp, wt, node.arrays["bias"], sh, sw, dh, dw, out)
         return out
 
     def linear(self, node: Node, x: np.ndarray) -> np.ndarray:
