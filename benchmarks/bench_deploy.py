@@ -1,9 +1,14 @@
 """Benchmark the packed 1-bit engine against onnxruntime int8 and fp32 and torch fp32 (ratios from one run).
 
     python benchmarks/bench_deploy.py [--quick] [--threads 2] [--repeats 7] [--models resnet20:xnor,...] [--no-kernel]
+        [--in-process]
 
-Everything compared runs in this process with the same thread count, after warm-up; each number is the
-median of ``--repeats`` timed runs, and the baselines are timed interleaved with the thing compared.
+Each engine runs in its own worker process (``spawn``: a fresh interpreter, as a user deploys one engine) with the
+same thread count; the parent builds every file once, then asks one worker at a time for a block of timed runs
+(one warm-up run first), alternating the engines in rounds (ABCDABCD) with a 0.2 s pause between blocks so the
+previous engine's spinning worker threads fall asleep; each number is the median over all rounds. In one process,
+onnxruntime's and torch's intra-op threads keep spinning after a call and steal the cores from the next engine,
+unevenly. ``--in-process`` times all engines interleaved in this process instead (the old way, for comparison).
 Prints: the CPU model and flags; kernel (binary conv vs torch fp32 conv2d at ResNet-18 CIFAR layer shapes);
 end to end at batch 128 and batch 1 for resnet18_cifar (rbnn), resnet20 (xnor) and resnet20_bireal (rbnn):
 packed vs onnxruntime int8 (static QDQ, per-channel, U8 activations / S8 weights, reduce_range, MinMax
@@ -14,12 +19,18 @@ fp32 of the same float network vs torch eager fp32; and sizes.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from machine import cpu_flags, cpu_name
 
@@ -156,9 +167,39 @@ def _export_fp32(fpm, path: Path) -> None:
                           opset_version=17, dynamo=False)
 
 
-def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: Path, rng, calib) -> dict:
+ENGINES = ("packed", "onnxruntime int8", "onnxruntime fp32", "torch eager fp32")
+INPUT_SEED = 0  # every engine times the same input: rng standard normal, NCHW float32
+PAUSE_S = 0.2  # between blocks, so the previous engine's spinning threads fall asleep
+REPLY_POLL_S = 1.0  # how often the parent checks that a silent worker is still alive
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """The files one model is timed from, written once by the parent and read by every engine."""
+
+    name: str  # models.create name of the float network (method "fp") whose state dict is ``torch_state``
+    rbnn: Path
+    fp32: Path
+    int8: Path
+    torch_state: Path
+
+
+class Engine(NamedTuple):
+    """One loaded engine: ``run(prepare(x))`` is the timed call; ``profile`` only for the packed engine."""
+
+    run: Callable[[Any], object]
+    prepare: Callable[[Any], Any] = lambda x: x
+    profile: Callable[..., dict[str, float]] | None = None
+
+
+def make_input(batch: int):
     import numpy as np
-    import onnxruntime as ort
+
+    return np.random.default_rng(INPUT_SEED).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+
+
+def build_artifacts(name: str, method: str, tmp: Path, calib) -> tuple[Artifacts, dict]:
+    """Export the binary model to .rbnn and the float one to fp32/int8 ONNX and a torch state dict."""
     import torch
 
     import rbnn.deploy as deploy
@@ -166,47 +207,238 @@ def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: P
 
     binm = _randomize(create(name, method=method))
     fpm = _randomize(create(name, method="fp"))
-    info = deploy.export(binm, tmp / f"{name}.rbnn", input_shape=(3, 32, 32))
-    packed = deploy.load(tmp / f"{name}.rbnn", backend="fast")
-    fp32_path, int8_path = tmp / f"{name}_fp32.onnx", tmp / f"{name}_int8.onnx"
-    _export_fp32(fpm, fp32_path)
-    quantize_int8(fp32_path, int8_path, calib)
+    art = Artifacts(name, tmp / f"{name}.rbnn", tmp / f"{name}_fp32.onnx", tmp / f"{name}_int8.onnx",
+                    tmp / f"{name}_fp32.pt")
+    info = deploy.export(binm, art.rbnn, input_shape=(3, 32, 32))
+    _export_fp32(fpm, art.fp32)
+    quantize_int8(art.fp32, art.int8, calib)
+    torch.save(fpm.state_dict(), art.torch_state)
+    return art, info
+
+
+def _ort_engine(path: Path, threads: int) -> Engine:
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(fp32_path), so, providers=["CPUExecutionProvider"])
-    sess8 = ort.InferenceSession(str(int8_path), so, providers=["CPUExecutionProvider"])
-    results = {}
-    for batch in batches:
-        x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-        xt = torch.from_numpy(x)
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return Engine(lambda x: sess.run(None, {"input": x}))
+
+
+def _torch_engine(art: Artifacts) -> Engine:
+    import torch
+
+    from rbnn.models import create
+
+    fpm = create(art.name, method="fp")
+    fpm.load_state_dict(torch.load(art.torch_state, weights_only=True))
+    fpm.eval()
+
+    def run(xt):
         with torch.no_grad():
-            t = interleaved(
-                {
-                    "packed": lambda x=x: packed.predict(x),
-                    "onnxruntime int8": lambda x=x: sess8.run(None, {"input": x}),
-                    "onnxruntime fp32": lambda x=x: sess.run(None, {"input": x}),
-                    "torch eager fp32": lambda xt=xt: fpm(xt),
-                },
-                reps if batch > 1 else 5 * reps,
+            return fpm(xt)
+
+    return Engine(run, prepare=torch.from_numpy)
+
+
+def load_engine(engine: str, art: Artifacts, threads: int) -> Engine:
+    """Load only ``engine``'s runtime (the packed one through the torch-free rbnn.runtime)."""
+    if engine == "packed":
+        from rbnn.runtime import load
+
+        packed = load(art.rbnn, backend="fast")
+        return Engine(packed.predict, profile=packed.profile)
+    if engine == "onnxruntime int8":
+        return _ort_engine(art.int8, threads)
+    if engine == "onnxruntime fp32":
+        return _ort_engine(art.fp32, threads)
+    if engine == "torch eager fp32":
+        return _torch_engine(art)
+    raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+
+
+def time_block(eng: Engine, batch: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls on the shared input, after one warm-up call."""
+    x = eng.prepare(make_input(batch))
+    eng.run(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        eng.run(x)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _set_worker_threads(engine: str, threads: int) -> None:
+    """This process's thread pools: numba's count must be in the environment before numba is imported."""
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    if engine == "packed":
+        import numba
+
+        numba.set_num_threads(threads)
+    elif engine == "torch eager fp32":
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _serve(conn, eng: Engine) -> None:
+    """Answer commands until "stop" (or the parent is gone): ("time", batch, repeats) -> seconds per call,
+    ("profile", batch, repeats) -> the packed engine's seconds per op kind."""
+    while True:
+        try:
+            cmd, *arg = conn.recv()
+        except EOFError:
+            return
+        if cmd == "stop":
+            return
+        try:
+            if cmd == "time":
+                conn.send(("ok", time_block(eng, *arg)))
+            elif cmd == "profile" and eng.profile is not None:
+                conn.send(("ok", eng.profile(make_input(arg[0]), repeats=arg[1])))
+            else:
+                conn.send(("error", f"unknown command {cmd!r}"))
+        except Exception:
+            conn.send(("error", traceback.format_exc(limit=3)))
+
+
+def worker_main(conn, engine: str, art: Artifacts, threads: int) -> None:
+    """Entry point of one engine's worker process: set threads, load the engine, say ready, serve."""
+    try:
+        _set_worker_threads(engine, threads)
+        eng = load_engine(engine, art, threads)
+        if engine != "torch eager fp32" and "torch" in sys.modules:  # never imported here today; if it ever is,
+            sys.modules["torch"].set_num_threads(1)  # keep its pool from spinning beside this engine's
+    except Exception:
+        conn.send(("error", traceback.format_exc(limit=3)))
+        return
+    conn.send(("ready", os.getpid()))
+    _serve(conn, eng)
+    conn.close()
+
+
+class Workers:
+    """One spawned worker process per engine, asked one at a time; closing stops them all (stop, join, and
+    terminate what does not exit), so none outlives the ``with`` block, also when it raises."""
+
+    def __init__(self, art: Artifacts, threads: int, engines: tuple[str, ...] = ENGINES) -> None:
+        self.art, self.threads, self.engines = art, threads, engines
+        self.procs: dict[str, Any] = {}
+        self.conns: dict[str, Any] = {}
+
+    def __enter__(self) -> Workers:
+        try:
+            for engine in self.engines:
+                self._start(engine)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self, engine: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker_main, args=(child, engine, self.art, self.threads), daemon=True,
+                           name=f"bench {engine}")
+        proc.start()
+        child.close()  # so that the parent's recv sees EOF when the worker dies
+        self.procs[engine], self.conns[engine] = proc, parent
+        self._reply(engine)
+
+    def _reply(self, engine: str):
+        conn, proc = self.conns[engine], self.procs[engine]
+        while not conn.poll(REPLY_POLL_S):
+            if not proc.is_alive():
+                raise RuntimeError(f"{engine} worker exited with code {proc.exitcode} without answering")
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise RuntimeError(f"{engine} worker closed its pipe (exit code {proc.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"{engine} worker failed:\n{payload}")
+        return payload
+
+    def ask(self, engine: str, *cmd):
+        self.conns[engine].send(cmd)
+        return self._reply(engine)
+
+    def time(self, batch: int, repeats: int, rounds: int = 2) -> dict[str, float]:
+        """Median seconds per engine: blocks alternate in rounds, one worker active at a time."""
+        times: dict[str, list[float]] = {k: [] for k in self.engines}
+        for _ in range(rounds):
+            for engine in self.engines:
+                time.sleep(PAUSE_S)
+                times[engine] += self.ask(engine, "time", batch, repeats)
+        return {k: statistics.median(v) for k, v in times.items()}
+
+    def profile(self, batch: int, repeats: int) -> dict[str, float]:
+        time.sleep(PAUSE_S)
+        return self.ask("packed", "profile", batch, repeats)
+
+    def close(self) -> None:
+        for engine, proc in self.procs.items():
+            conn = self.conns[engine]
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=10)
+            conn.close()
+        self.procs, self.conns = {}, {}
+
+
+class InProcess:
+    """All engines loaded in this process and timed interleaved (``--in-process``; the old way)."""
+
+    def __init__(self, art: Artifacts, threads: int) -> None:
+        self.engines = {k: load_engine(k, art, threads) for k in ENGINES}
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.engines = {}
+
+    def time(self, batch: int, repeats: int) -> dict[str, float]:
+        x = make_input(batch)
+        return interleaved({k: partial(e.run, e.prepare(x)) for k, e in self.engines.items()}, repeats)
+
+    def profile(self, batch: int, repeats: int) -> dict[str, float]:
+        return self.engines["packed"].profile(make_input(batch), repeats=repeats)
+
+
+def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: Path, calib,
+                in_process: bool = False) -> dict:
+    import rbnn.deploy as deploy
+
+    art, info = build_artifacts(name, method, tmp, calib)
+    results = {}
+    with InProcess(art, threads) if in_process else Workers(art, threads) as timer:
+        for batch in batches:
+            t = timer.time(batch, reps if batch > 1 else 5 * reps)
+            ips = ", ".join(f"{k} {batch / v:7.0f} img/s" for k, v in t.items())
+            print(f"\n[end to end] {name} ({method}), batch {batch}: {ips}")
+            print(
+                f"  packed vs onnxruntime int8: {t['onnxruntime int8'] / t['packed']:.2f}x; "
+                f"vs onnxruntime fp32: {t['onnxruntime fp32'] / t['packed']:.2f}x; "
+                f"vs torch eager fp32: {t['torch eager fp32'] / t['packed']:.2f}x; "
+                f"latency packed {t['packed'] * 1e3:.2f} ms, int8 {t['onnxruntime int8'] * 1e3:.2f} ms"
             )
-        ips = ", ".join(f"{k} {batch / v:7.0f} img/s" for k, v in t.items())
-        print(f"\n[end to end] {name} ({method}), batch {batch}: {ips}")
-        print(
-            f"  packed vs onnxruntime int8: {t['onnxruntime int8'] / t['packed']:.2f}x; "
-            f"vs onnxruntime fp32: {t['onnxruntime fp32'] / t['packed']:.2f}x; "
-            f"vs torch eager fp32: {t['torch eager fp32'] / t['packed']:.2f}x; "
-            f"latency packed {t['packed'] * 1e3:.2f} ms, int8 {t['onnxruntime int8'] * 1e3:.2f} ms"
-        )
-        results[batch] = t
-        split = getattr(packed, "profile", None)
-        if callable(split):
-            print_split(split(x, repeats=max(3, reps)), batch)
-    total = deploy.size_report(tmp / f"{name}.rbnn")[-1]
+            results[batch] = t
+            print_split(timer.profile(batch, max(3, reps)), batch)
+    total = deploy.size_report(art.rbnn)[-1]
     sd = info["float32_state_dict_bytes"]
     print(
         f"[size] {name}: file {total['file_bytes'] / 1e6:.3f} MB vs fp32 state_dict {sd / 1e6:.2f} MB "
-        f"({sd / total['file_bytes']:.1f}x smaller), int8 onnx {int8_path.stat().st_size / 1e6:.2f} MB; binary "
+        f"({sd / total['file_bytes']:.1f}x smaller), int8 onnx {art.int8.stat().st_size / 1e6:.2f} MB; binary "
         f"conv weights {total['binary_weight_ratio']:.1f}x smaller than float32 "
         f"({total['binary_weight_packed_bytes'] / 1e3:.1f} KB packed vs {4 * total['binary_params'] / 1e6:.2f} MB)"
     )
@@ -230,6 +462,8 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18_cifar:rbnn,resnet20:xnor,resnet20_bireal:rbnn",
                     help="comma-separated name:method pairs to time end to end")
     ap.add_argument("--no-kernel", action="store_true", help="skip the single-layer kernel comparison")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time all engines interleaved in this process (the old way) instead of one worker each")
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     import numba
@@ -247,6 +481,9 @@ def main() -> None:
         f"onnxruntime {args.threads}; torch {torch.__version__}, numpy {np.__version__}, "
         f"numba {numba.__version__}; load average {os.getloadavg()[0]:.1f}"
     )
+    print("timing: all engines in this process, interleaved (--in-process)" if args.in_process else
+          f"timing: each engine in its own spawned worker process, one active at a time, {PAUSE_S} s pause "
+          "between blocks")
     fast.warmup()
     rng = np.random.default_rng(0)
     if not args.no_kernel:
@@ -256,7 +493,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     calib = calibration_images(64)
     for name, method in (m.split(":") for m in args.models.split(",")):
-        bench_model(name, method, (args.batch, 1), reps, args.threads, tmp, rng, calib)
+        bench_model(name, method, (args.batch, 1), reps, args.threads, tmp, calib, args.in_process)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
