@@ -340,23 +340,24 @@ def _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y):
 @njit(cache=True, nogil=True, inline="always")
 def _row_signs(y, nshift, prow, npw):
     """The next binary layer's sign bits of one output row ``y`` (Wo, O), thresholded by ``nshift`` exactly as
-    :func:`pack_rows` (the sign bit of ``((y + shift) - 0) + 0``), into the zeroed pixel words ``prow[npw + ow]``,
-    channel o at bit o: 8 channels at a time (:func:`signs8`), each byte stored at its place in the
-    little-endian words."""
+    :func:`pack_rows` (the sign bit of ``((y + shift) - 0) + 0``), into the pixel words ``prow[npw + ow]``,
+    channel o at bit o: 8 channels at a time (:func:`signs8`), each word assembled in a register and stored
+    once (byte stores followed by the windows' word loads stalled store forwarding)."""
     wo, o_ = y.shape
-    pb = prow.reshape(-1).view(np.uint8)
-    pstride = prow.shape[1] * 8
     yf = y.reshape(-1)
     zero = np.float32(0.0)
+    o8 = o_ >> 3
     for ow in range(wo):
-        dst = (ow + npw) * pstride
-        for g8 in range(o_ >> 3):
-            pb[dst + g8] = signs8(yf, ow * o_ + 8 * g8, nshift, 8 * g8)
-        if o_ & 7:
-            acc = np.uint32(0)
-            for o in range(o_ & ~7, o_):
-                acc |= (f32_bits(((y[ow, o] + nshift[o]) - zero) + zero) >> np.uint32(31)) << np.uint32(o & 7)
-            pb[dst + (o_ >> 3)] = np.uint8(acc)
+        base = ow * o_
+        for k in range(prow.shape[1]):
+            acc = np.uint64(0)
+            for g8 in range(8 * k, min(8 * k + 8, o8)):
+                acc |= np.uint64(signs8(yf, base + 8 * g8, nshift, 8 * g8)) << np.uint64(8 * (g8 - 8 * k))
+            if k == prow.shape[1] - 1:
+                for o in range(8 * o8, o_):
+                    bit = f32_bits(((y[ow, o] + nshift[o]) - zero) + zero) >> np.uint32(31)
+                    acc |= np.uint64(bit) << np.uint64(o - 64 * k)
+            prow[ow + npw, k] = acc
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -398,7 +399,6 @@ def bconv_kernel(xw, wblk, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout
             y = out[n, oh] if wfloat else ybuf
             _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y)
             if wbits:
-                prow[:] = 0
                 _row_signs(y, nshift, prow, npw)
                 _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
 
