@@ -40,7 +40,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# the pack's bytes-to-bits multiply reads 8 flag bytes as a little-endian word (checked by FastOps)
+# the pack's bytes-to-bits multiply reads 8 flag bytes as a little-endian word, and signs8's <8 x i1> -> i8
+# bitcast puts element k at bit k on little-endian targets (checked by FastOps)
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 # ---- popcount ----------------------------------------------------------------------------------------
@@ -75,14 +76,15 @@ def f32_bits(typingctx, x):
 
 
 @intrinsic
-def signs8(typingctx, y, i, s, j):
-    """The sign bits of ``((y[i+k] + s[j+k]) - 0) + 0`` for k < 8 (float32 arrays, contiguous) as the bits of one
+def signs8(typingctx, y, i, s, j, m):
+    """The sign bits of ``((y[i+k] + s[j+k]) - m) + 0`` for k < 8 (float32 arrays, contiguous) as the bits of one
     uint8 (bit k): one 8-wide vector add and a sign-bit mask (``vaddps`` + ``vmovmskps`` on AVX2; LLVM lowers the
     same IR on any target). The loop form of this was 2-3 cycles per value."""
     if not (isinstance(y, types.Array) and isinstance(s, types.Array) and y.dtype == types.float32
-            and s.dtype == types.float32 and isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+            and s.dtype == types.float32 and isinstance(i, types.Integer) and isinstance(j, types.Integer)
+            and isinstance(m, types.Float) and m.bitwidth == 32):
         return None
-    sig = types.uint8(y, i, s, j)
+    sig = types.uint8(y, i, s, j, m)
 
     def codegen(context, builder, signature, args):
         f8 = ir.VectorType(ir.FloatType(), 8)
@@ -94,8 +96,9 @@ def signs8(typingctx, y, i, s, j):
             return builder.load(ptr, align=4)
 
         v = builder.fadd(load8(signature.args[0], args[0], args[1]), load8(signature.args[2], args[2], args[3]))
-        zero = ir.Constant(f8, [0.0] * 8)
-        v = builder.fadd(builder.fsub(v, zero), zero)
+        mv = builder.insert_element(ir.Constant(f8, ir.Undefined), args[4], ir.Constant(ir.IntType(32), 0))
+        mv = builder.shuffle_vector(mv, mv, ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+        v = builder.fadd(builder.fsub(v, mv), ir.Constant(f8, [0.0] * 8))
         neg = builder.icmp_signed("<", builder.bitcast(v, i8), ir.Constant(i8, [0] * 8))
         return builder.bitcast(neg, ir.IntType(8))
 
@@ -109,6 +112,7 @@ def signs8(typingctx, y, i, s, j):
 # to balance any thread count here, few enough that the allocations do not show
 CHUNKS = 64
 BLOCK = 8  # output channels per register block: 8 accumulators + operand + temp fit the 16 x86-64 GPRs
+
 
 
 # (8 bytes of 0/1 as a little-endian uint64 · _BYTES_TO_BITS) >> 49 & 0xFF = those 8 flags as the bits of one byte
@@ -338,9 +342,9 @@ def _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_signs(y, nshift, prow, npw):
-    """The next binary layer's sign bits of one output row ``y`` (Wo, O), thresholded by ``nshift`` exactly as
-    :func:`pack_rows` (the sign bit of ``((y + shift) - 0) + 0``), into the pixel words ``prow[npw + ow]``,
+def _row_signs(y, shift, m, prow, npw):
+    """The sign bits of one output row ``y`` (Wo, O) as the next binary layer's input, ``((y + shift) - m) + 0``
+    exactly as :func:`pack_rows` (``shift`` per channel, ``m`` = 0 here), into the pixel words ``prow[npw + ow]``,
     channel o at bit o: 8 channels at a time (:func:`signs8`), each word assembled in a register and stored
     once (byte stores followed by the windows' word loads stalled store forwarding)."""
     wo, o_ = y.shape
@@ -352,10 +356,10 @@ def _row_signs(y, nshift, prow, npw):
         for k in range(prow.shape[1]):
             acc = np.uint64(0)
             for g8 in range(8 * k, min(8 * k + 8, o8)):
-                acc |= np.uint64(signs8(yf, base + 8 * g8, nshift, 8 * g8)) << np.uint64(8 * (g8 - 8 * k))
+                acc |= np.uint64(signs8(yf, base + 8 * g8, shift, 8 * g8, m)) << np.uint64(8 * (g8 - 8 * k))
             if k == prow.shape[1] - 1:
                 for o in range(8 * o8, o_):
-                    bit = f32_bits(((y[ow, o] + nshift[o]) - zero) + zero) >> np.uint32(31)
+                    bit = f32_bits(((y[ow, o] + shift[o]) - m) + zero) >> np.uint32(31)
                     acc |= np.uint64(bit) << np.uint64(o - 64 * k)
             prow[ow + npw, k] = acc
 
@@ -399,7 +403,7 @@ def bconv_kernel(xw, wblk, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout
             y = out[n, oh] if wfloat else ybuf
             _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y)
             if wbits:
-                _row_signs(y, nshift, prow, npw)
+                _row_signs(y, nshift, np.float32(0.0), prow, npw)
                 _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
 
 
