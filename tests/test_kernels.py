@@ -1,0 +1,74 @@
+"""The fast engine's building blocks against NumPy on values chosen to be hard: signed zeros, NaNs with either
+sign bit, infinities, values within one ulp of the threshold, channel counts that are not multiples of 8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from rbnn.runtime import kernels as K
+from rbnn.runtime.format import Node
+from rbnn.runtime.plan import FastOps
+from rbnn.runtime.reference import ReferenceOps
+
+
+@njit(cache=False)
+def _row_signs_words(y, shift, m, npw):
+    prow = np.zeros((y.shape[0] + 2 * npw, (y.shape[1] + 63) // 64), dtype=np.uint64)
+    K._row_signs(y, shift, m, prow, npw)
+    return prow
+
+
+def _expected_words(y, shift, m, npw):
+    """The reference engine's rule: bit = sign bit of ((y + shift) - m) + 0, in float32; channel o at bit o."""
+    z = ((y + shift) - np.float32(m)) + np.float32(0.0)
+    bits = (z.view(np.uint32) >> 31).astype(np.uint64)
+    words = np.zeros((y.shape[0] + 2 * npw, (y.shape[1] + 63) // 64), dtype=np.uint64)
+    for o in range(y.shape[1]):
+        words[npw : npw + y.shape[0], o // 64] |= bits[:, o] << np.uint64(o % 64)
+    return words
+
+
+def _hard_values(rng, shape, shift, m):
+    y = rng.standard_normal(shape).astype(np.float32)
+    flat = y.reshape(-1)
+    k = flat.size
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan], dtype=np.float32)
+    flat[rng.choice(k, size=k // 4, replace=False)] = rng.choice(special, size=k // 4)
+    # values at the threshold and one ulp either side: y + shift - m lands on ±0 or the smallest step off it
+    at = (np.float32(m) - shift)[None, :].repeat(shape[0], 0).reshape(-1)
+    pick = rng.choice(k, size=k // 4, replace=False)
+    nudge = rng.choice([-1, 0, 1], size=pick.size)
+    toward = np.where(nudge > 0, np.float32(np.inf), np.float32(-np.inf))
+    flat[pick] = np.where(nudge == 0, at[pick], np.nextafter(at[pick], toward))
+    return y
+
+
+@pytest.mark.parametrize("channels", [8, 16, 21, 64, 67, 130])
+@pytest.mark.parametrize("m", [0.0, 0.3])
+def test_row_signs_equal_the_reference_rule_bit_for_bit(channels, m):
+    rng = np.random.default_rng(channels)
+    shift = (rng.standard_normal(channels) * 0.5).astype(np.float32)
+    shift[: min(4, channels)] = [0.0, -0.0, 1e-30, -1e-30][: min(4, channels)]
+    y = _hard_values(rng, (9, channels), shift, m)
+    got = _row_signs_words(y, shift, np.float32(m), 2)
+    np.testing.assert_array_equal(got, _expected_words(y, shift, m, 2))
+    # the padding pixels' words stay zero
+    assert not got[:2].any() and not got[-2:].any()
+
+
+@pytest.mark.parametrize("stride,dilation,padding", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 1, 0)])
+def test_float_conv_kernel_equals_the_reference_order(stride, dilation, padding):
+    """The planar row kernel sums in float32 in (kh, kw, c) order like the reference engine: equal bit for bit
+    (stride 2 takes its strided path)."""
+    rng = np.random.default_rng(stride * 10 + dilation)
+    x = rng.standard_normal((3, 11, 13, 3)).astype(np.float32)
+    x[0, 0, 0, 0], x[1, 5, 5, 1] = -0.0, np.float32(1e-38)
+    node = Node(name="c", op="conv", inputs=["x"],
+                attrs={"padding": [padding, padding], "stride": [stride, stride], "dilation": [dilation, dilation]},
+                arrays={"weight": rng.standard_normal((5, 3, 3, 3)).astype(np.float32),
+                        "bias": rng.standard_normal(5).astype(np.float32)})
+    fast, ref = FastOps().conv(node, x), ReferenceOps().conv(node, x)
+    assert fast.shape == ref.shape
+    np.testing.assert_array_equal(fast.view(np.uint32), ref.view(np.uint32))
