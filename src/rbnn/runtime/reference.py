@@ -114,6 +114,17 @@ def affine_out(dot: np.ndarray, node: Node) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def pad_width(node: Node, ndim: int) -> list[tuple[int, int]]:
+    """A ``pad`` node's (before, after) zero padding per axis of the internal (NHWC) layout, from torch's pad
+    list (pairs from the last NCHW dim backwards)."""
+    p = node.attrs["torch_pad"]
+    pairs = [(p[i], p[i + 1]) for i in range(0, len(p), 2)]
+    nchw = [(0, 0)] * ndim
+    for i, pr in enumerate(pairs):
+        nchw[ndim - 1 - i] = pr
+    return [nchw[0], nchw[2], nchw[3], nchw[1]] if ndim == 4 else nchw
+
+
 class ReferenceOps:
     """One method per op; tensors are NHWC float32."""
 
@@ -222,13 +233,7 @@ class ReferenceOps:
         return x[tuple(sl[: x.ndim])]
 
     def pad(self, node: Node, x: np.ndarray) -> np.ndarray:
-        p = node.attrs["torch_pad"]  # pairs from the last NCHW dim backwards
-        pairs = [(p[i], p[i + 1]) for i in range(0, len(p), 2)]
-        nchw = [(0, 0)] * x.ndim
-        for i, pr in enumerate(pairs):
-            nchw[x.ndim - 1 - i] = pr
-        width = [nchw[0], nchw[2], nchw[3], nchw[1]] if x.ndim == 4 else nchw
-        return np.pad(x, width)
+        return np.pad(x, pad_width(node, x.ndim))
 
     def flatten(self, node: Node, x: np.ndarray) -> np.ndarray:
         if x.ndim == 4:  # torch flattens in (C, H, W) order
