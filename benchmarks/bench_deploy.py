@@ -111,8 +111,7 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     xf, wf = torch.randn(nb, c, hw, hw), torch.randn(c, c, 3, 3)
     wb = pack_signs(np.where(rng.random((c, 3, 3, c)) < 0.5, -1.0, 1.0))
     wpop = fast.tap_popcounts(wb)
-    wblk = fast.row_window_weights(wb, c)
-    wcol = fast.per_channel_weights(wblk, c)
+    wcol = fast.row_window_weights(wb, c)
     rw = (3 * c + 63) // 64
     out = np.empty((nb, hw, hw, c), np.float32)
     one, zero = np.ones(c, np.float64), np.zeros(c, np.float64)  # the epilogue's float64 out_mul, out_add
@@ -126,12 +125,12 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     lohi = np.zeros(2, np.float32)
 
     def binary():
-        fast.bconv_kernel(xw, wblk, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
+        fast.bconv_kernel(xw, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
 
     def packed_layer():
         xq = np.empty(xw.shape, np.uint64)
         fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xq)
-        fast.bconv_kernel(xq, wblk, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
+        fast.bconv_kernel(xq, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
 
     with torch.no_grad():
         t = interleaved({"torch": lambda: F.conv2d(xf, wf, padding=1), "binary": binary, "layer": packed_layer}, reps)

@@ -23,7 +23,6 @@ from .kernels import (
     flinear_kernel,
     maxpool_kernel,
     pack_rows,
-    per_channel_weights,
     prelu_kernel,
     row_window_weights,
     tap_popcounts,
@@ -85,8 +84,7 @@ class _BinPrep:
             raise ValueError(f"{node.name}: C·KH·KW = {self.c * kh * kw} is too large for the float32 epilogue")
         self.rw = (kw * self.c + 63) // 64
         self._layouts: dict[tuple, tuple] = {}
-        self.wblk = row_window_weights(w, self.c)
-        self.wcol = per_channel_weights(self.wblk, o)
+        self.wcol = row_window_weights(w, self.c)
         # float64 copies: the epilogue computes in float64 like the reference's affine_out
         self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float64)
         self.add = np.ascontiguousarray(node.arrays["out_add"], dtype=np.float64)
@@ -160,7 +158,7 @@ class _BinPrep:
         mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
         with serial_if_small(n * work):
             bconv_kernel(
-                xp, self.wblk, self.wcol, self.wpop, g, mul, add, res if flags[0] else _DUMMY4, lohi, out,
+                xp, self.wcol, self.wpop, g, mul, add, res if flags[0] else _DUMMY4, lohi, out,
                 nxt.shift if bits else _DUMMY_SHIFT, nout,
             )
         if raw:
