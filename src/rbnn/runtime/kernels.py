@@ -326,7 +326,7 @@ def _row_signs(y, shift, m, prow, npw):
     """The sign bits of one output row ``y`` (Wo, O) as the next binary layer's input, ``((y + shift) - m) + 0``
     exactly as :func:`pack_rows` (``shift`` per channel, ``m`` = 0 here), into the pixel words ``prow[npw + ow]``,
     channel o at bit o: 8 channels at a time (:func:`signs8`), each word assembled in a register and stored
-    once (byte stores followed by the windows' word loads stalled store forwarding)."""
+    once; channels beyond the last multiple of 8 one by one."""
     wo, o_ = y.shape
     yf = y.reshape(-1)
     zero = np.float32(0.0)
