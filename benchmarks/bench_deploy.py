@@ -37,15 +37,6 @@ from machine import cpu_flags, cpu_name
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def median_time(fn, repeats: int) -> float:
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def interleaved(fns: dict, repeats: int, rounds: int = 2) -> dict:
     """Median seconds per callable. Blocks of ``repeats`` runs of each callable (after one warm-up run)
     alternate for ``rounds`` rounds (ABCABC), so slow drifts of machine load hit all alike while one runtime's
@@ -489,10 +480,10 @@ def main() -> None:
         print("\n[kernel] binary 3x3 conv (pre-packed input) vs torch fp32 conv2d, batch 16, ResNet-18 CIFAR shapes")
         for c, hw in [(64, 32), (128, 16), (256, 8), (512, 4)] if not args.quick else [(64, 32), (256, 8)]:
             bench_kernel(c, hw, 16, reps, rng)
-    tmp = Path(tempfile.mkdtemp())
     calib = calibration_images(64)
-    for name, method in (m.split(":") for m in args.models.split(",")):
-        bench_model(name, method, (args.batch, 1), reps, args.threads, tmp, calib, args.in_process)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, method in (m.split(":") for m in args.models.split(",")):
+            bench_model(name, method, (args.batch, 1), reps, args.threads, Path(tmp), calib, args.in_process)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
