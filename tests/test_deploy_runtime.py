@@ -275,7 +275,10 @@ def test_profile_splits_time_by_op_kind(tmp_path):
         t0 = time.perf_counter()
         packed.predict(x)
         times.append(time.perf_counter() - t0)
-    total, predict_s = sum(split.values()), sorted(times)[2]
+    # the least of three profiles: on oversubscribed cores (CI beside other jobs) a profile's parallel regions
+    # can each wait a scheduler tick for their second thread (seen once: 48 ms against a 0.68 ms predict)
+    total = min(sum(split.values()), *(sum(packed.profile(x, repeats=3).values()) for _ in range(2)))
+    predict_s = sorted(times)[2]
     assert predict_s / 10 < total < predict_s * 10, (total, predict_s)
     np.testing.assert_array_equal(packed.predict(x), want)  # profiling leaves no trace
     with pytest.raises(RbnnError, match="backend='fast'"):
