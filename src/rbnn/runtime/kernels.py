@@ -222,12 +222,6 @@ def pack_rows(x, shift, mean, standardize, ph, pw, kw_, dw, out):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _pop3(x0, x1, x2, wcol, o_, d):
-    for o in range(o_):
-        d[o] = np.int32(popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o]))
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _row_popcounts(xf, base, step, off, wcol, o_, acc, dots):
     """popcount(operand ^ weights) of every pixel of one output row into ``dots`` (Wo, O): pixel ow's operand is
     the words ``xf[base + ow·step + off[i]]``; the weights ``wcol`` are (KH·Rw, O), contiguous along O, so every
@@ -241,7 +235,10 @@ def _row_popcounts(xf, base, step, off, wcol, o_, acc, dots):
         f0, f1, f2 = off[0], off[1], off[2]
         for ow in range(wo):
             b = base + ow * step
-            _pop3(xf[b + f0], xf[b + f1], xf[b + f2], wcol, o_, dots[ow])
+            x0, x1, x2 = xf[b + f0], xf[b + f1], xf[b + f2]
+            d = dots[ow]
+            for o in range(o_):
+                d[o] = np.int32(popcount64(x0 ^ wcol[0, o]) + popcount64(x1 ^ wcol[1, o]) + popcount64(x2 ^ wcol[2, o]))
     elif kd == 6:
         f0, f1, f2, f3, f4, f5 = off[0], off[1], off[2], off[3], off[4], off[5]
         for ow in range(wo):
