@@ -112,16 +112,17 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     xw = np.empty((nb, hw + 2, hw, rw), np.uint64)
     fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xw)
     # geometry (kernels.G_*): 3x3, stride 1, padding 1, no next layer; float output only
-    g = np.array([3, 3, 1, 1, 1, 1, 1, 1, hw, hw, c, hw, hw, c, 1, 1, 0, 0, 0, 0, 1, 0], np.int64)
+    g = np.array([3, 3, 1, 1, 1, 1, 1, 1, hw, hw, c, hw, hw, c, 1, 1, 0, 0, 0, 0, 1, 0, 0], np.int64)
     lohi = np.zeros(2, np.float32)
+    no_thresholds = np.zeros((2, c), np.int32)
 
     def binary():
-        fast.bconv_kernel(xw, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
+        fast.bconv_kernel(xw, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits, no_thresholds)
 
     def packed_layer():
         xq = np.empty(xw.shape, np.uint64)
         fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xq)
-        fast.bconv_kernel(xq, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits)
+        fast.bconv_kernel(xq, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits, no_thresholds)
 
     with torch.no_grad():
         t = interleaved({"torch": lambda: F.conv2d(xf, wf, padding=1), "binary": binary, "layer": packed_layer}, reps)

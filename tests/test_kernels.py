@@ -9,7 +9,8 @@ from numba import njit
 
 from rbnn.runtime import kernels as K
 from rbnn.runtime.format import Node
-from rbnn.runtime.plan import FastOps
+from rbnn.runtime.packing import pack_signs
+from rbnn.runtime.plan import FastOps, _BinPrep
 from rbnn.runtime.reference import ReferenceOps
 
 
@@ -91,3 +92,63 @@ def test_fast_pad_equals_numpy_pad(torch_pad, shape):
     fast, ref = FastOps().pad(node, x), ReferenceOps().pad(node, x)
     assert fast.shape == ref.shape and fast.dtype == ref.dtype
     np.testing.assert_array_equal(fast.view(np.uint32), ref.view(np.uint32))
+
+
+def _bconv_node(name, c, o, mul, add, shift=None):
+    rng = np.random.default_rng(o * 7 + c)
+    arrays = {
+        "w_bits": pack_signs(rng.standard_normal((o, 9 * c))),
+        "out_mul": np.asarray(mul, np.float32),
+        "out_add": np.asarray(add, np.float32),
+    }
+    if shift is not None:
+        arrays["act_shift"] = np.asarray(shift, np.float32)
+    attrs = {
+        "in_channels": c, "out_channels": o, "kernel": [3, 3], "padding": [1, 1], "stride": [1, 1],
+        "dilation": [1, 1], "act_transform": "none" if shift is None else "shift", "zero": 1, "module": name,
+    }
+    return Node(name, "bconv", ["x"], attrs, arrays)
+
+
+@pytest.mark.parametrize("o", [16, 21, 64, 70])
+@pytest.mark.parametrize("clamp", [None, (-1.0, 1.0), (0.0, 0.5)])
+def test_threshold_bits_equal_the_float_epilogue(o, clamp):
+    # a layer whose only reader is binary writes that reader's bits from its integer dots by per-channel
+    # thresholds (no float epilogue): the bits must equal the float path's for constants chosen so that
+    # y + shift lands exactly on 0 for some dot, one ulp off it, with a negative, zero or tiny scale, a shift
+    # beyond the clamp and values that overflow float32
+    c = 16
+    rng = np.random.default_rng(o)
+    mul = (rng.standard_normal(o) * 0.3).astype(np.float32)
+    add = rng.standard_normal(o).astype(np.float32)
+    shift = (rng.standard_normal(o) * 0.2).astype(np.float32)
+    mul[:8] = [0.5, -0.25, 0.0, 1e-30, -3.0, 2.0 ** -10, 1e38, -0.5]
+    add[:8] = [-1.5, 0.75, 0.3, -1e-30, 0.0, np.nextafter(np.float32(0.5), np.float32(1)), 1e38, 0.0]
+    shift[:8] = [0.0, -0.0, -0.3, 0.0, 0.7, -0.5, 0.0, 0.5]
+    shift[8:12] = [-5.0, 5.0, np.float32(-0.5), np.float32(-1.0)]
+    prod = _BinPrep(_bconv_node("p", c, o, mul, add))
+    cons = _BinPrep(_bconv_node("c", o, 8, np.ones(8), np.zeros(8), shift))
+    thr = prod.bit_thresholds(cons, clamp)
+    assert thr is not None and thr.shape == (2, o) and set(np.unique(thr[0])) <= {0, -1}
+    x = rng.standard_normal((3, 9, 11, c)).astype(np.float32)
+    xp = prod.pack(x)
+    _, by_thr = prod.conv(xp, 9, 11, clamp=clamp, want_float=False, nxt=cons)  # thresholds
+    y, by_float = prod.conv(xp, 9, 11, clamp=clamp, want_float=True, nxt=cons)  # float epilogue, then signs
+    assert y is not None
+    np.testing.assert_array_equal(by_thr, by_float)
+    # and the float path's bits are the reference rule on its floats
+    np.testing.assert_array_equal(by_float, cons.pack(y))
+
+
+def test_threshold_bits_fall_back_on_non_finite_constants():
+    o, c = 8, 16
+    mul = np.full(o, 0.5, np.float32)
+    mul[3] = np.nan
+    prod = _BinPrep(_bconv_node("p", c, o, mul, np.zeros(o)))
+    cons = _BinPrep(_bconv_node("c", o, 8, np.ones(8), np.zeros(8), np.zeros(o)))
+    assert prod.bit_thresholds(cons, None) is None
+    x = np.random.default_rng(0).standard_normal((2, 5, 6, c)).astype(np.float32)
+    xp = prod.pack(x)
+    np.testing.assert_array_equal(
+        prod.conv(xp, 5, 6, want_float=False, nxt=cons)[1], prod.conv(xp, 5, 6, want_float=True, nxt=cons)[1]
+    )

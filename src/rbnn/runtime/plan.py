@@ -58,6 +58,7 @@ _KIND = {
 _DUMMY4 = np.zeros((1, 1, 1, 1), dtype=np.float32)
 _DUMMY_BITS = np.zeros((1, 1, 1, 1), dtype=np.uint64)
 _DUMMY_SHIFT = np.zeros(1, dtype=np.float32)
+_DUMMY_THRESHOLDS = np.zeros((2, 1), dtype=np.int32)
 BITS = "bits"  # env[(name, BITS)]: the row windows a fused binary step wrote for its binary reader
 
 
@@ -117,7 +118,7 @@ class _BinPrep:
         (ph, pw), kw, dw = self.pad, self.kshape[2], self.dil[1]
         return xw.shape[1] - 2 * ph, xw.shape[2] - 2 * pw + dw * (kw - 1)
 
-    def _layout(self, h: int, w: int, flags: tuple[int, int, int, int], nxt: _BinPrep | None, clamp) -> tuple:
+    def _layout(self, h: int, w: int, flags: tuple[int, ...], nxt: _BinPrep | None, clamp) -> tuple:
         """Per input size, flags, next layer and clamp, computed once: the kernel's int64 geometry (``G_*``), the
         per-sample shapes of the float output and of the next layer's row windows, the clamp bounds as float32,
         and the word operations per sample (the thread policy's work)."""
@@ -137,6 +138,41 @@ class _BinPrep:
                 self._layouts[key] = lay
         return lay
 
+    def bit_thresholds(self, nxt: _BinPrep, clamp) -> np.ndarray | None:
+        """Per output channel, the integer rule that gives ``nxt``'s input bit straight from this layer's dot
+        ``v = cn − 2·popcount`` (|v| ≤ K = C·KH·KW): the float epilogue ``float32(v·mul + add)`` (clamped), plus
+        ``nxt``'s shift, then the sign bit, is monotone in ``v``, so the bit is ``v < t`` or ``−v < t``. Found by
+        running exactly those float operations on every ``v`` in [−K, K] (so it is exact by construction) as
+        (2, O) int32: 0/−1 (negate) and ``t``. None when a channel's bits are not a step in ``v`` (non-finite
+        constants): then the float epilogue runs."""
+        key = ("thresholds", id(nxt), clamp)
+        if key in self._layouts:
+            return self._layouts[key]
+        o, kh, kw = self.kshape
+        k = self.c * kh * kw
+        v = np.arange(-k, k + 1, dtype=np.float64)[:, None]
+        out = None
+        with np.errstate(all="ignore"):
+            y = (v * self.mul[None, :] + self.add[None, :]).astype(np.float32)
+            if clamp is not None:
+                y = np.minimum(np.maximum(y, np.float32(clamp[0])), np.float32(clamp[1]))
+            z = ((y + nxt.shift[None, :]) - np.float32(0.0)) + np.float32(0.0)
+        finite = all(np.isfinite(a).all() for a in (self.mul, self.add, nxt.shift))
+        bits = np.signbit(z)  # (2K+1, O), row j is v = j − K
+        steps = np.diff(bits.astype(np.int8), axis=0)
+        if finite and not np.isnan(z).any() and ((steps != 0).sum(axis=0) <= 1).all():
+            out = np.zeros((2, o), dtype=np.int32)
+            down = (steps == -1).any(axis=0)  # ones, then zeros: v < first zero
+            up = (steps == 1).any(axis=0)  # zeros, then ones: v >= first one, i.e. −v < 1 − first one
+            first_zero = np.argmin(bits, axis=0) - k
+            first_one = np.argmax(bits, axis=0) - k
+            out[1] = np.where(bits[0], k + 1, -k)  # constant channels: always (v < K+1) or never (v < −K)
+            out[1, down] = first_zero[down]
+            out[0, up], out[1, up] = -1, 1 - first_one[up]
+        if len(self._layouts) < 256:
+            self._layouts[key] = out
+        return out
+
     def conv(self, xp, h, w, res=None, clamp=None, raw=False, want_float=True, nxt: _BinPrep | None = None):
         """The conv of packed input ``xp`` (from :meth:`pack`, of an H x W input): ``(float32 output or None,
         the row windows of ``nxt``'s input or None)``; ``raw``: the integer dots (int64) as the output. With
@@ -144,8 +180,9 @@ class _BinPrep:
         n = xp.shape[0]
         bits = nxt is not None and not raw
         has_res, has_clamp = res is not None and not raw, clamp is not None and not raw
-        flags = (int(has_res), int(has_clamp), int(want_float or raw), int(bits))
-        cl = (float(clamp[0]), float(clamp[1])) if flags[1] else None
+        cl = (float(clamp[0]), float(clamp[1])) if has_clamp else None
+        ithr = self.bit_thresholds(nxt, cl) if bits and not want_float and not has_res else None
+        flags = (int(has_res), int(has_clamp), int(want_float or raw), int(bits), int(ithr is not None))
         g, oshape, nshape, lohi, work = self._layout(h, w, flags, nxt if bits else None, cl)
         if flags[0] and res.shape != (n, *oshape):
             # the kernel indexes res without bounds checks: a residual of another shape (only a hand-made
@@ -159,7 +196,7 @@ class _BinPrep:
         with serial_if_small(n * work):
             bconv_kernel(
                 xp, self.wcol, self.wpop, g, mul, add, res if flags[0] else _DUMMY4, lohi, out,
-                nxt.shift if bits else _DUMMY_SHIFT, nout,
+                nxt.shift if bits else _DUMMY_SHIFT, nout, _DUMMY_THRESHOLDS if ithr is None else ithr,
             )
         if raw:
             out = out.astype(np.int64)
