@@ -41,8 +41,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# the pack's bytes-to-bits multiply reads 8 flag bytes as a little-endian word, and signs8's <8 x i1> -> i8
-# bitcast puts element k at bit k on little-endian targets (checked by FastOps)
+# signs8's and below8's <8 x i1> -> i8 bitcast puts element k at bit k on little-endian targets (checked by FastOps)
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 # ---- popcount ----------------------------------------------------------------------------------------
@@ -147,27 +146,12 @@ CHUNKS = 64
 
 
 
-# (8 bytes of 0/1 as a little-endian uint64 · _BYTES_TO_BITS) >> 49 & 0xFF = those 8 flags as the bits of one byte
-_BYTES_TO_BITS = np.uint64(0x0002040810204081)
-
 # the integer geometry of a binary conv, one int64 array (fewer dispatch arguments): indices into it
 G_KH, G_KW, G_SH, G_SW, G_DH, G_DW, G_PH, G_PW, G_H, G_W, G_C, G_HO, G_WO, G_O = range(14)
 G_NKW, G_NDW, G_NPH, G_NPW = range(14, 18)  # the next binary layer's kernel width, dilation and padding
 G_RES, G_CLAMP, G_FLOAT, G_BITS = range(18, 22)
 G_ITHR = 22  # the next layer's bits straight from the integer dots by per-channel thresholds (see bconv_kernel)
 GEOM_LEN = 23
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _store_signs(zu, c_, fb, flags, row, w):
-    """The sign bits of ``c_`` float32 values (``zu``: their uint32 view) into the pixel words ``row[w, :]``,
-    channel c at bit c. ``fb`` is the uint8 view of ``flags`` (ceil(c_/8) words, zero beyond ``c_``): 0/1 bytes
-    first (vectorized), then one multiply turns 8 bytes into the 8 bits of one byte."""
-    for c in range(c_):
-        fb[c] = np.uint8(zu[c] >> np.uint32(31))
-    for g in range((c_ + 7) // 8):
-        byte = ((flags[g] * _BYTES_TO_BITS) >> np.uint64(49)) & np.uint64(0xFF)
-        row[w, g >> 3] |= byte << np.uint64((g & 7) * 8)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -191,6 +175,22 @@ def _row_windows(row, kw_, dw, c_, out, n, hh):
                 for j in range(cw):
                     o[w, i * cw + j] = row[w + i * dw, j]
         return
+    if cw == 1 and rw == 2:  # 64 < KW·C <= 128 (e.g. 3 taps of 32 channels): two words built in registers
+        for w in range(wq):
+            lo = np.uint64(0)
+            hi = np.uint64(0)
+            for i in range(kw_):
+                v = row[w + i * dw, 0]
+                bit = i * c_
+                if bit < 64:
+                    lo |= v << np.uint64(bit)
+                    if bit + c_ > 64:
+                        hi |= v >> np.uint64(64 - bit)
+                else:
+                    hi |= v << np.uint64(bit - 64)
+            out[n, hh, w, 0] = lo
+            out[n, hh, w, 1] = hi
+        return
     if rw == 1:  # KW·C <= 64: the window is one word, built in a register
         for w in range(wq):
             acc = np.uint64(0)
@@ -212,20 +212,17 @@ def _row_windows(row, kw_, dw, c_, out, n, hh):
                     out[n, hh, w, wi + 1] |= v >> np.uint64(64 - s)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _sample_mean(x2, n):
-    """Mean of row ``n`` of (N, L) float32 ``x2`` accumulated in float64 (8 interleaved partial sums,
-    vectorized), rounded to float32: RBNN's per-sample activation mean."""
-    l_ = x2.shape[1]
-    l8 = l_ - l_ % 8
-    acc = np.zeros(8, dtype=np.float64)
-    for i in range(0, l8, 8):
-        for j in range(8):
-            acc[j] += np.float64(x2[n, i + j])
-    s = acc.sum()
-    for i in range(l8, l_):
-        s += np.float64(x2[n, i])
-    return np.float32(s / l_)
+    """Mean of row ``n`` of (N, L) float32 ``x2`` accumulated in float64, rounded to float32: RBNN's per-sample
+    activation mean. The sum may be reassociated (LLVM vectorizes it: 4x faster than 8 ordered partial sums);
+    every float64 order rounds to the reference's float32 mean (NumPy's pairwise float64 sum) unless the exact
+    mean lies within ~1e-16 relative of a float32 rounding boundary, the same as any fixed order."""
+    xs = x2[n]
+    s = 0.0
+    for i in range(xs.shape[0]):
+        s += np.float64(xs[i])
+    return np.float32(s / xs.shape[0])
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -239,7 +236,8 @@ def sample_mean_kernel(x2, out):
 def pack_rows(x, shift, mean, standardize, ph, pw, kw_, dw, out):
     """Binarize NHWC float32 ``x`` and pack it into row windows ``out`` (N, H+2ph, Wq, Rw) uint64 (see
     :func:`_row_windows`). Padding pixels and unused bits are 0. bit = the sign bit of ((x + shift[c]) - mean[n])
-    + 0.0: sign(0) = +1 and a NaN goes by its sign bit, exactly the float32 ops torch and the reference do.
+    + 0.0: sign(0) = +1 and a NaN goes by its sign bit, exactly the float32 ops torch and the reference do; 8
+    channels at a time by :func:`_row_signs` (2.5x faster at 16 channels than 0/1 bytes and a multiply).
     ``standardize``: first write RBNN's per-sample mean into ``mean`` (as :func:`sample_mean_kernel`, serially:
     one kernel call and one parallel region per layer instead of two; a tile is single-threaded anyway)."""
     n_, h_, w_, c_ = x.shape
@@ -254,15 +252,7 @@ def pack_rows(x, shift, mean, standardize, ph, pw, kw_, dw, out):
         h = hh - ph
         row = np.zeros((w_ + 2 * pw, (c_ + 63) // 64), dtype=np.uint64)
         if 0 <= h < h_:
-            m = mean[n]
-            flags = np.zeros((c_ + 7) // 8, dtype=np.uint64)  # bytes beyond C stay 0
-            fb = flags.view(np.uint8)
-            z = np.empty(c_, dtype=np.float32)
-            zu = z.view(np.uint32)
-            for w in range(w_):
-                for c in range(c_):
-                    z[c] = ((x[n, h, w, c] + shift[c]) - m) + np.float32(0.0)
-                _store_signs(zu, c_, fb, flags, row, w + pw)
+            _row_signs(x[n, h], shift, mean[n], row, pw)
         _row_windows(row, kw_, dw, c_, out, n, hh)
 
 
