@@ -10,8 +10,8 @@ from numba import njit
 from rbnn.runtime import kernels as K
 from rbnn.runtime.format import Node
 from rbnn.runtime.packing import pack_signs
-from rbnn.runtime.plan import FastOps, _BinPrep
-from rbnn.runtime.reference import ReferenceOps
+from rbnn.runtime.plan import FastOps, _BinPrep, _nhwc_slices
+from rbnn.runtime.reference import ReferenceOps, pad_width
 
 
 @njit(cache=False)
@@ -152,3 +152,28 @@ def test_threshold_bits_fall_back_on_non_finite_constants():
     np.testing.assert_array_equal(
         prod.conv(xp, 5, 6, want_float=False, nxt=cons)[1], prod.conv(xp, 5, 6, want_float=True, nxt=cons)[1]
     )
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 64), (2, 7, 7, 130), (1, 1, 1, 5), (2, 14, 14, 24)])
+def test_fast_gap_equals_numpy_mean_bit_for_bit(shape):
+    # float32 sums depend on their order: values spread over 6 orders of magnitude make any other order differ
+    rng = np.random.default_rng(shape[1])
+    x = (rng.standard_normal(shape) * rng.choice([1e-3, 1.0, 1e3], size=shape)).astype(np.float32)
+    node = Node("gap", "gap", ["x"])
+    want = ReferenceOps().gap(node, x)
+    got = FastOps().gap(node, x)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("torch_pad", [[0, 0, 0, 0, 8, 8], [0, 0, 0, 0, 0, 3], [1, 0, 0, 2, 4, 4]])
+def test_fused_slice_pad_equals_the_two_ops(torch_pad):
+    x = np.random.default_rng(1).standard_normal((2, 9, 10, 16)).astype(np.float32)
+    slices = [[None, None, None], [None, None, None], [None, None, 2], [1, None, 2]]
+    sl = Node("s", "slice", ["x"], {"nchw_slices": slices})
+    pad = Node("p", "pad", ["s"], {"torch_pad": torch_pad})
+    ref = ReferenceOps()
+    want = ref.pad(pad, ref.slice(sl, x))
+    index = tuple(slice(*s) for s in _nhwc_slices(sl))
+    got = FastOps.slice_pad(index, pad_width(pad, 4), x)
+    np.testing.assert_array_equal(got, want)

@@ -514,13 +514,14 @@ def row_window_weights(w: np.ndarray, c_in: int) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, out):
+def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out):
     """Float direct conv of planar, zero-padded ``xp`` (N, C, H+2ph, W+2pw) with ``wt`` (KH, KW, C, O) into NHWC
     ``out``: per output row, for every tap (kh, kw, c) in the reference's order and every output channel, one
     loop over the row's pixels (contiguous at stride 1: vectorized) adds ``x·w`` to a (O, Wo) float32
     accumulator, then the bias. The padding taps add 0·w = ±0 like the reference's, which changes nothing. For
     the float first layer (C = 3): no im2col copy, and no BLAS call whose spinning worker threads would steal
-    the cores from the binary layers that follow. 7-10x faster than a loop over output channels per pixel."""
+    the cores from the binary layers that follow. 7-10x faster than a loop over output channels per pixel.
+    ``clamp``: then clamp to [lo, hi] (a fused Hardtanh)."""
     n_, c_, _, _ = xp.shape
     kh_, kw_, _, o_ = wt.shape
     ho, wo = out.shape[1], out.shape[2]
@@ -550,6 +551,28 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, out):
             for ow in range(wo):
                 for o in range(o_):
                     out[n, oh, ow, o] = acc[o, ow] + bias[o]
+            if clamp:  # a fused Hardtanh, as np.clip (a NaN stays NaN)
+                for ow in range(wo):
+                    for o in range(o_):
+                        out[n, oh, ow, o] = min(max(out[n, oh, ow, o], lo), hi)
+
+
+@njit(cache=True, nogil=True)
+def gap_kernel(x, out):
+    """Global average pool of NHWC float32 ``x`` into (N, 1, 1, C): per channel a float32 sum in (h, w) order,
+    then one division by H·W, the order of NumPy's ``x.mean(axis=(1, 2), dtype=float32)`` (the reference's),
+    which adds whole rows of channels one after another."""
+    n_, h_, w_, c_ = x.shape
+    div = np.float32(h_ * w_)
+    for n in range(n_):
+        acc = out[n, 0, 0]
+        acc[:] = 0.0
+        for h in range(h_):
+            for w in range(w_):
+                for c in range(c_):
+                    acc[c] += x[n, h, w, c]
+        for c in range(c_):
+            acc[c] = acc[c] / div
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -676,7 +699,8 @@ def warmup() -> None:
     )
     z2 = np.zeros(2, np.float32)
     fconv_kernel(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 1, 3, 2), np.float32), z2, 1, 1, 1, 1,
-                 np.empty((1, 2, 2, 2), np.float32))
+                 True, np.float32(-1), np.float32(1), np.empty((1, 2, 2, 2), np.float32))
+    gap_kernel(x, np.empty((1, 1, 1, 3), np.float32))
     flinear_kernel(x.reshape(4, 3), np.zeros((3, 2), np.float32), z2, np.empty((4, 2), np.float32))
     maxpool_kernel(x, 2, 2, 2, 2, 0, 0, 1, 1, np.empty((1, 1, 1, 3), np.float32))
     avgpool_kernel(x, 2, 2, 2, 2, 0, 0, True, np.empty((1, 1, 1, 3), np.float32))

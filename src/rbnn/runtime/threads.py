@@ -57,6 +57,20 @@ class serial_if_small:
             numba.set_num_threads(self.restore)
 
 
+def switch_in_plan(small: bool) -> bool:
+    """Inside a plan run: set the thread count for the next kernel (one thread when ``small``) lazily, as
+    :class:`serial_if_small` does, without a context manager's cost. Returns False outside a plan run (nothing
+    switched: use :class:`serial_if_small` there)."""
+    full = getattr(_plan_threads, "full", 0)
+    if not full:
+        return False
+    want = 1 if small else full
+    if want != _plan_threads.current:
+        numba.set_num_threads(want)
+        _plan_threads.current = want
+    return True
+
+
 def threadsafe_layer() -> bool:
     """Whether numba's threading layer may be entered from several Python threads at once (omp, tbb). Without
     OpenMP or TBB numba falls back to "workqueue", which aborts the process on concurrent use: no tiles then."""
