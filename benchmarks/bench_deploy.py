@@ -1,7 +1,7 @@
 """Benchmark the packed 1-bit engine against onnxruntime int8 and fp32 and torch fp32 (ratios from one run).
 
-    python benchmarks/bench_deploy.py [--quick] [--threads 2] [--repeats 7] [--models resnet20:xnor,...] [--no-kernel]
-        [--in-process]
+    python benchmarks/bench_deploy.py [--quick] [--threads 2] [--repeats 7] [--rounds 2] [--models resnet20:xnor,...]
+        [--no-kernel] [--in-process]
 
 Each engine runs in its own worker process (``spawn``: a fresh interpreter, as a user deploys one engine) with the
 same thread count; the parent builds every file once, then asks one worker at a time for a block of timed runs
@@ -358,14 +358,20 @@ class Workers:
         self.conns[engine].send(cmd)
         return self._reply(engine)
 
-    def time(self, batch: int, repeats: int, rounds: int = 2) -> dict[str, float]:
-        """Median seconds per engine: blocks alternate in rounds, one worker active at a time."""
+    def time(self, batch: int, repeats: int, rounds: int = 2) -> tuple[dict[str, float], list[dict[str, float]]]:
+        """Median seconds per engine over all rounds, and the medians of each round: blocks alternate in rounds,
+        one worker active at a time."""
         times: dict[str, list[float]] = {k: [] for k in self.engines}
+        per_round = []
         for _ in range(rounds):
+            this = {}
             for engine in self.engines:
                 time.sleep(PAUSE_S)
-                times[engine] += self.ask(engine, "time", batch, repeats)
-        return {k: statistics.median(v) for k, v in times.items()}
+                block = self.ask(engine, "time", batch, repeats)
+                times[engine] += block
+                this[engine] = statistics.median(block)
+            per_round.append(this)
+        return {k: statistics.median(v) for k, v in times.items()}, per_round
 
     def profile(self, batch: int, repeats: int) -> dict[str, float]:
         time.sleep(PAUSE_S)
@@ -398,30 +404,33 @@ class InProcess:
     def __exit__(self, *exc) -> None:
         self.engines = {}
 
-    def time(self, batch: int, repeats: int) -> dict[str, float]:
+    def time(self, batch: int, repeats: int, rounds: int = 2) -> tuple[dict[str, float], list[dict[str, float]]]:
         x = make_input(batch)
-        return interleaved({k: partial(e.run, e.prepare(x)) for k, e in self.engines.items()}, repeats)
+        t = interleaved({k: partial(e.run, e.prepare(x)) for k, e in self.engines.items()}, repeats, rounds)
+        return t, [t]
 
     def profile(self, batch: int, repeats: int) -> dict[str, float]:
         return self.engines["packed"].profile(make_input(batch), repeats=repeats)
 
 
 def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: Path, calib,
-                in_process: bool = False) -> dict:
+                in_process: bool = False, rounds: int = 2) -> dict:
     import rbnn.deploy as deploy
 
     art, info = build_artifacts(name, method, tmp, calib)
     results = {}
     with InProcess(art, threads) if in_process else Workers(art, threads) as timer:
         for batch in batches:
-            t = timer.time(batch, reps if batch > 1 else 5 * reps)
+            t, per_round = timer.time(batch, reps if batch > 1 else 5 * reps, rounds)
+            ratios = sorted(r["onnxruntime int8"] / r["packed"] for r in per_round)
             ips = ", ".join(f"{k} {batch / v:7.0f} img/s" for k, v in t.items())
             print(f"\n[end to end] {name} ({method}), batch {batch}: {ips}")
             print(
                 f"  packed vs onnxruntime int8: {t['onnxruntime int8'] / t['packed']:.2f}x; "
                 f"vs onnxruntime fp32: {t['onnxruntime fp32'] / t['packed']:.2f}x; "
                 f"vs torch eager fp32: {t['torch eager fp32'] / t['packed']:.2f}x; "
-                f"latency packed {t['packed'] * 1e3:.2f} ms, int8 {t['onnxruntime int8'] * 1e3:.2f} ms"
+                f"latency packed {t['packed'] * 1e3:.2f} ms, int8 {t['onnxruntime int8'] * 1e3:.2f} ms; "
+                f"vs int8 per round {ratios[0]:.2f}-{ratios[-1]:.2f}x ({len(ratios)} rounds)"
             )
             results[batch] = t
             print_split(timer.profile(batch, max(3, reps)), batch)
@@ -448,6 +457,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per shape (ratios per round printed)")
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repeats (smoke test)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--models", default="resnet18_cifar:rbnn,resnet20:xnor,resnet20_bireal:rbnn",
@@ -484,7 +494,8 @@ def main() -> None:
     calib = calibration_images(64)
     with tempfile.TemporaryDirectory() as tmp:
         for name, method in (m.split(":") for m in args.models.split(",")):
-            bench_model(name, method, (args.batch, 1), reps, args.threads, Path(tmp), calib, args.in_process)
+            bench_model(name, method, (args.batch, 1), reps, args.threads, Path(tmp), calib, args.in_process,
+                        args.rounds)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

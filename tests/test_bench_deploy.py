@@ -37,10 +37,11 @@ def test_packed_worker_times_profiles_and_stops(bench, tmp_path: Path) -> None:
     with bench.Workers(_artifacts(bench, tmp_path, path), threads=1, engines=("packed",)) as w:
         proc = w.procs["packed"]
         secs = w.ask("packed", "time", 2, 3)
-        medians = w.time(batch=2, repeats=2)
+        medians, per_round = w.time(batch=2, repeats=2, rounds=3)
         split = w.profile(batch=1, repeats=2)
     assert len(secs) == 3 and all(0 < s < 10 for s in secs)
     assert list(medians) == ["packed"] and 0 < medians["packed"] < 10
+    assert len(per_round) == 3 and all(list(r) == ["packed"] and 0 < r["packed"] < 10 for r in per_round)
     assert "binary conv" in split and sum(split.values()) > 0
     assert not proc.is_alive() and proc.exitcode == 0  # stopped by its command, not terminated
     assert multiprocessing.active_children() == []
