@@ -341,6 +341,14 @@ def _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y):
     loop per operation over the whole row, so each vectorizes (int32 -> float64 does on AVX2, int64 does not)."""
     wo, o_ = y.shape
     two = np.int32(2)
+    if has_res and clamp:  # the Bi-Real block: all three in one pass (each branch-free, so it vectorizes)
+        for ow in range(wo):
+            c = cn[ow]
+            r = res[n, oh, ow]
+            for o in range(o_):
+                v = np.float32(np.float64(np.int32(c - two * dots[ow, o])) * mul[o] + add[o]) + r[o]
+                y[ow, o] = min(max(v, lo), hi)
+        return
     for ow in range(wo):
         c = cn[ow]
         for o in range(o_):
