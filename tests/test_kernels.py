@@ -59,20 +59,25 @@ def test_row_signs_equal_the_reference_rule_bit_for_bit(channels, m):
     assert not got[:2].any() and not got[-2:].any()
 
 
+@pytest.mark.parametrize("out_channels", [5, 16])
 @pytest.mark.parametrize("stride,dilation,padding", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 1, 0)])
-def test_float_conv_kernel_equals_the_reference_order(stride, dilation, padding):
-    """The planar row kernel sums in float32 in (kh, kw, c) order like the reference engine: equal bit for bit
-    (stride 2 takes its strided path)."""
+def test_float_conv_kernel_equals_the_reference_order(stride, dilation, padding, out_channels):
+    """The float conv sums in float32 in (kh, kw, c) order like the reference engine: equal bit for bit (5
+    channels: the row-accumulator loops, stride 2 the strided one; 16 channels at stride 1: 8x8 register blocks
+    and a tail of pixels; values spread over orders of magnitude, so any other order rounds differently)."""
     rng = np.random.default_rng(stride * 10 + dilation)
-    x = rng.standard_normal((3, 11, 13, 3)).astype(np.float32)
-    x[0, 0, 0, 0], x[1, 5, 5, 1] = -0.0, np.float32(1e-38)
+    x = (rng.standard_normal((3, 11, 13, 3)) * rng.choice([1e-3, 1.0, 1e3], size=(3, 11, 13, 3))).astype(np.float32)
+    x[0, 0, 0, 0], x[1, 5, 5, 1], x[2, 3, 3, 2] = -0.0, np.float32(1e-38), np.nan
     node = Node(name="c", op="conv", inputs=["x"],
                 attrs={"padding": [padding, padding], "stride": [stride, stride], "dilation": [dilation, dilation]},
-                arrays={"weight": rng.standard_normal((5, 3, 3, 3)).astype(np.float32),
-                        "bias": rng.standard_normal(5).astype(np.float32)})
+                arrays={"weight": rng.standard_normal((out_channels, 3, 3, 3)).astype(np.float32),
+                        "bias": rng.standard_normal(out_channels).astype(np.float32)})
     fast, ref = FastOps().conv(node, x), ReferenceOps().conv(node, x)
     assert fast.shape == ref.shape
     np.testing.assert_array_equal(fast.view(np.uint32), ref.view(np.uint32))
+    # with a fused Hardtanh: the reference's conv, then np.clip
+    clamped = FastOps().conv(node, x, clamp=(-1.0, 1.0))
+    np.testing.assert_array_equal(clamped, np.clip(ref, np.float32(-1), np.float32(1)))
 
 
 @pytest.mark.parametrize("torch_pad,shape", [([0, 0, 0, 0, 8, 8], (2, 5, 5, 16)), ([1, 2, 3, 0], (1, 4, 6, 3)),
