@@ -324,14 +324,19 @@ def pack_rows(x, shift, mean, standardize, ph, pw, kw_, dw, out):
         x2 = x.reshape(n_, -1)
         for n in range(n_):
             mean[n] = _sample_mean(x2, n)
-    for r in prange(n_ * hp):
-        n = r // hp
-        hh = r - n * hp
-        h = hh - ph
-        row = np.zeros((w_ + 2 * pw, (c_ + 63) // 64), dtype=np.uint64)
-        if 0 <= h < h_:
-            _row_signs(x[n, h], shift, mean[n], row, pw)
-        _row_windows(row, kw_, dw, c_, out, n, hh)
+    rows = n_ * hp
+    chunks = min(rows, CHUNKS)
+    for t in prange(chunks):
+        row = np.zeros((w_ + 2 * pw, (c_ + 63) // 64), dtype=np.uint64)  # its padding pixels stay 0
+        for r in range(t * rows // chunks, (t + 1) * rows // chunks):
+            n = r // hp
+            hh = r - n * hp
+            h = hh - ph
+            if 0 <= h < h_:
+                _row_signs(x[n, h], shift, mean[n], row, pw)
+                _row_windows(row, kw_, dw, c_, out, n, hh)
+            else:  # a padding row: all zero
+                out[n, hh] = 0
 
 
 
