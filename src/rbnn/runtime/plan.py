@@ -122,8 +122,11 @@ class _BinPrep:
         kw, dw = self.kshape[2], self.dil[1]
         mean = np.zeros(n, dtype=np.float32)  # the kernel writes the per-sample means when standardizing
         xw = np.empty((n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), dtype=np.uint64)
-        with serial_if_small(2 * x.size):
+        if switch_in_plan(2 * x.size < SERIAL_BELOW):
             pack_rows(x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
+        else:
+            with serial_if_small(2 * x.size):
+                pack_rows(x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
         if times is not None:
             times["input packing"] += time.perf_counter() - t0
         return xw
