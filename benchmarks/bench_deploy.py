@@ -430,7 +430,8 @@ def bench_model(name: str, method: str, batches, reps: int, threads: int, tmp: P
                 f"vs onnxruntime fp32: {t['onnxruntime fp32'] / t['packed']:.2f}x; "
                 f"vs torch eager fp32: {t['torch eager fp32'] / t['packed']:.2f}x; "
                 f"latency packed {t['packed'] * 1e3:.2f} ms, int8 {t['onnxruntime int8'] * 1e3:.2f} ms; "
-                f"vs int8 per round {ratios[0]:.2f}-{ratios[-1]:.2f}x ({len(ratios)} rounds)"
+                f"vs int8 per round {ratios[0]:.2f}-{ratios[-1]:.2f}x, median {statistics.median(ratios):.2f}x "
+                f"({len(ratios)} rounds)"
             )
             results[batch] = t
             print_split(timer.profile(batch, max(3, reps)), batch)
