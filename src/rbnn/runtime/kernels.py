@@ -19,7 +19,9 @@ Design (see docs/deploy.md):
   is subtracted again and only valid taps are counted: ``dot = C·n_valid − 2·(popcount − correction)``;
 - the epilogue is fused and vectorized: ``dot·out_mul + out_add`` (scale, λ, bias and BatchNorm folded at
   export) in float64 rounded once, then an optional residual add and Hardtanh clamp, then the float output
-  and/or the next layer's sign bits, 8 at a time (:func:`signs8`);
+  and/or the next layer's sign bits, 8 at a time (:func:`signs8`); where the only reader is binary and there
+  is no residual, the bits come straight from the integer dots by per-channel thresholds (:func:`below8`);
+- the float stem conv computes 8 pixels x 8 channels in registers per call of :func:`fdot8x8`;
 - ternary (sign(0)=0) layers fall back to the NumPy reference kernel;
 - no BLAS: float layers are numba loops too (OpenBLAS's spinning worker threads stole the binary layers' cores);
 - every float op does the reference engine's IEEE operations in the reference's order (float convs and linears
