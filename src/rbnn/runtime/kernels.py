@@ -548,11 +548,13 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
     edges = np.empty(wo, dtype=np.int64)
     n_edges = 0
     cn_inner = np.empty(wo, dtype=np.int32)
+    inner_col = np.empty(wo, dtype=np.bool_)
     for ow in range(wo):
         valid = 0
         for kw in range(kw_):
             valid += 1 if 0 <= ow * sw - pw + kw * dw < w_in else 0
         cn_inner[ow] = np.int32(c_ * kh_ * valid)
+        inner_col[ow] = valid == kw_
         if valid < kw_:
             edges[n_edges] = ow
             n_edges += 1
@@ -562,6 +564,7 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
         dots = np.empty((wo, o_), dtype=np.int32)
         acc = np.empty(o_, dtype=np.int64)
         cn_edge = np.empty(wo, dtype=np.int32)
+        row_corr = np.empty(o_, dtype=np.int32)
         ybuf = np.empty((wo, o_), dtype=np.float32)
         prow = np.zeros((wo + 2 * npw if wbits else 0, (o_ + 63) // 64), dtype=np.uint64)
         for r in range(t * rows // chunks, (t + 1) * rows // chunks):
@@ -576,10 +579,27 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
                     ow = edges[e]
                     _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
             else:
+                # a row whose window leaves the image: the kernel rows outside it are one correction vector,
+                # subtracted from every inner column; edge columns (corners) take the full per-tap check
                 cn = cn_edge
+                row_corr[:] = 0
+                rows_in = 0
+                for kh in range(kh_):
+                    if 0 <= ih0 + kh * dh < h_in:
+                        rows_in += 1
+                    else:
+                        for kw in range(kw_):
+                            for o in range(o_):
+                                row_corr[o] += wpop[kh * kw_ + kw, o]
                 for ow in range(wo):
-                    nvalid = _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
-                    cn[ow] = np.int32(c_ * nvalid)
+                    if inner_col[ow]:
+                        d = dots[ow]
+                        for o in range(o_):
+                            d[o] -= row_corr[o]
+                        cn[ow] = np.int32(c_ * rows_in * kw_)
+                    else:
+                        nvalid = _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
+                        cn[ow] = np.int32(c_ * nvalid)
             if by_threshold:
                 _row_threshold_bits(dots, cn, ithr, prow, npw)
                 _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
