@@ -660,7 +660,7 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out):
     rows = n_ * ho
     chunks = _chunks(rows)
     for t in prange(chunks):
-        acc = np.empty((o_, wo), dtype=np.float32)
+        acc = np.empty((0 if blocks else o_, wo), dtype=np.float32)  # the row-accumulator path's only
         for r in range(t * rows // chunks, (t + 1) * rows // chunks):
             n = r // ho
             oh = r - n * ho

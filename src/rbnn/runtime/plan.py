@@ -100,6 +100,7 @@ class _BinPrep:
             raise ValueError(f"{node.name}: C·KH·KW = {self.c * kh * kw} is too large for the float32 epilogue")
         self.rw = (kw * self.c + 63) // 64
         self._layouts: dict[tuple, tuple] = {}
+        self._thresholds: dict[tuple, np.ndarray | None] = {}
         self.wcol = row_window_weights(w, self.c)
         # float64 copies: the epilogue computes in float64 like the reference's affine_out
         self.mul = np.ascontiguousarray(node.arrays["out_mul"], dtype=np.float64)
@@ -163,9 +164,9 @@ class _BinPrep:
         running exactly those float operations on every ``v`` in [−K, K] (so it is exact by construction) as
         (2, O) int32: 0/−1 (negate) and ``t``. None when a channel's bits are not a step in ``v`` (non-finite
         constants): then the float epilogue runs."""
-        key = ("thresholds", id(nxt), clamp)
-        if key in self._layouts:
-            return self._layouts[key]
+        key = (id(nxt), clamp)
+        if key in self._thresholds:
+            return self._thresholds[key]
         o, kh, kw = self.kshape
         k = self.c * kh * kw
         v = np.arange(-k, k + 1, dtype=np.float64)[:, None]
@@ -187,8 +188,7 @@ class _BinPrep:
             out[1] = np.where(bits[0], k + 1, -k)  # constant channels: always (v < K+1) or never (v < −K)
             out[1, down] = first_zero[down]
             out[0, up], out[1, up] = -1, 1 - first_one[up]
-        if len(self._layouts) < 256:
-            self._layouts[key] = out
+        self._thresholds[key] = out  # one per (reader, clamp): a layer has one reader and one clamp in a plan
         return out
 
     def bind(self, n: int, h: int, w: int, has_res: bool, clamp, want_float: bool, nxt: _BinPrep | None) -> _Bound:
@@ -480,23 +480,17 @@ class FastOps(ref.ReferenceOps):
                 steps.append((pos[last.name], last.name, n, None))
                 bins.append((n, last.name, res_name, clamp))
                 continue
-            if n.op == "conv":
-                ht = sole_reader(n.name, "hardtanh")
-                if ht is not None:
-                    skip.add(ht.name)
-                    steps.append((pos[ht.name], ht.name, n, self._conv_step(n, (ht.attrs["min"], ht.attrs["max"]))))
-                    continue
             if n.op == "slice" and len(n.attrs["nchw_slices"]) == 4:
                 pd = sole_reader(n.name, "pad")
                 if pd is not None and len(pd.attrs["torch_pad"]) <= 6 and min(pd.attrs["torch_pad"]) >= 0:
                     skip.add(pd.name)
                     steps.append((pos[pd.name], pd.name, n, self._slice_pad_step(n, pd)))
                     continue
-            if n.op == "affine":
+            if n.op in ("conv", "affine"):  # a Hardtanh that follows is clamped inside the same kernel
                 ht = sole_reader(n.name, "hardtanh")
                 if ht is not None:
                     skip.add(ht.name)
-                    steps.append((pos[ht.name], ht.name, n, self._affine_step(n, (ht.attrs["min"], ht.attrs["max"]))))
+                    steps.append((pos[ht.name], ht.name, n, self._clamped_step(n, (ht.attrs["min"], ht.attrs["max"]))))
                     continue
             steps.append((pos[n.name], n.name, n, self._plain_step(n)))
         bin_steps = self._bin_steps(bins, readers)
@@ -564,10 +558,6 @@ class FastOps(ref.ReferenceOps):
             and consumer.inputs[0] == last and at.get("zero") == 1 and at["act_transform"] in ("none", "shift")
         )
 
-    def _conv_step(self, node: Node, clamp):
-        src = node.inputs[0]
-        return lambda env: self.conv(node, env[src], clamp)
-
     def _slice_pad_step(self, sl: Node, pad: Node):
         src = sl.inputs[0]
         index = tuple(slice(*s) for s in _nhwc_slices(sl))
@@ -579,9 +569,10 @@ class FastOps(ref.ReferenceOps):
 
         return run
 
-    def _affine_step(self, node: Node, clamp):
-        src = node.inputs[0]
-        return lambda env: self.affine(node, env[src], clamp)
+    def _clamped_step(self, node: Node, clamp):
+        """A float conv or affine node with its Hardtanh's (min, max) clamp fused."""
+        fn, src = getattr(self, node.op), node.inputs[0]
+        return lambda env: fn(node, env[src], clamp)
 
     def _plain_step(self, node: Node):
         fn = getattr(self, node.op)
