@@ -14,6 +14,7 @@ import numba
 import numpy as np
 
 from . import reference as ref
+from .buffers import StepBuffers
 from .format import Node, PackedGraph
 from .kernels import (
     LITTLE_ENDIAN,
@@ -80,9 +81,10 @@ class _Bound(NamedTuple):
 class _BinPrep:
     """Per-binary-layer constants prepared once at load."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, buffers: StepBuffers | None = None) -> None:
         at = node.attrs
         self.node = node
+        self.buffers = buffers if buffers is not None else StepBuffers()  # this layer's arrays reused per run
         self.ternary = bool(at.get("ternary", False)) or "w_mask" in node.arrays
         w = node.arrays["w_bits"]
         if node.op == "bconv":
@@ -122,7 +124,7 @@ class _BinPrep:
         ph, pw = self.pad
         kw, dw = self.kshape[2], self.dil[1]
         mean = np.zeros(n, dtype=np.float32)  # the kernel writes the per-sample means when standardizing
-        xw = np.empty((n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), dtype=np.uint64)
+        xw = self.buffers.get((self.node.name, "in"), (n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), np.uint64)
         if switch_in_plan(2 * x.size < SERIAL_BELOW):
             pack_rows(x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
         else:
@@ -208,8 +210,10 @@ class _BinPrep:
     def call(self, b: _Bound, xp: np.ndarray, res: np.ndarray | None, raw: bool = False):
         """Run the kernel bound by :meth:`bind` on row windows ``xp``: ``(float output or None, the next
         layer's row windows or None)``. ``res``: a C-contiguous float32 residual of the output's shape."""
-        out = np.empty(b.oshape, dtype=np.float32) if b.want_float else _DUMMY4
-        nout = np.zeros(b.nshape, np.uint64) if b.nshape is not None else _DUMMY_BITS
+        name = self.node.name
+        out = self.buffers.get((name, "out"), b.oshape, np.float32) if b.want_float else _DUMMY4
+        # the kernel writes every row of the next layer's row windows but its padding rows: those stay zero
+        nout = _DUMMY_BITS if b.nshape is None else self.buffers.get((name, "bits"), b.nshape, np.uint64, zeroed=True)
         mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
         args = (xp, self.wcol, self.wpop, b.g, mul, add, _DUMMY4 if res is None else res, b.lohi, out, b.nshift,
                 nout, b.ithr)
@@ -309,13 +313,14 @@ class FastOps(ref.ReferenceOps):
         self.plan = None
         self.steps: list[tuple[str, str, Callable]] = []  # (result name, op kind, callable(env) -> array)
         self.tiles = TiledRunner()
+        self.buffers = StepBuffers()  # each step's output arrays, reused by the next plan run on the same thread
         self._profiling = threading.local()  # .times: seconds per op kind while profile() runs on this thread
 
     # -- per node ----------------------------------------------------------------------------------------
     def _p(self, node: Node) -> _BinPrep:
         p = self.prep.get(node.name)
         if p is None:
-            p = self.prep[node.name] = _BinPrep(node)
+            p = self.prep[node.name] = _BinPrep(node, self.buffers)
         return p
 
     def bdot(self, node: Node, x: np.ndarray) -> np.ndarray:
@@ -352,9 +357,11 @@ class FastOps(ref.ReferenceOps):
         wt = self._float_weight(node)
         kh, kw, _, o = wt.shape
         n, h, wd, _ = x.shape
-        out = np.empty((n, ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(wd, kw, sw, pw, dw), o), dtype=np.float32)
+        oshape = (n, ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(wd, kw, sw, pw, dw), o)
+        out = self.buffers.get((node.name, "out"), oshape, np.float32)
         c = x.shape[3]
-        xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=np.float32)  # planar and zero-padded: see the kernel
+        # planar and zero-padded (see the kernel): only the interior is written, so a kept copy's border stays 0
+        xp = self.buffers.get((node.name, "in"), (n, c, h + 2 * ph, wd + 2 * pw), np.float32, zeroed=True)
         xp[:, :, ph : ph + h, pw : pw + wd] = x.transpose(0, 3, 1, 2)
         with serial_if_small(out.size * c * kh * kw // 8):
             lo, hi = np.float32(clamp[0] if clamp else 0), np.float32(clamp[1] if clamp else 0)
@@ -365,7 +372,7 @@ class FastOps(ref.ReferenceOps):
         if x.ndim != 2:
             return super().linear(node, x)
         wt = self._float_weight(node)
-        out = np.empty((x.shape[0], wt.shape[1]), dtype=np.float32)
+        out = self.buffers.get((node.name, "out"), (x.shape[0], wt.shape[1]), np.float32)
         with serial_if_small(x.shape[0] * wt.size // 8):
             flinear_kernel(np.ascontiguousarray(x, dtype=np.float32), wt, node.arrays["bias"], out)
         return out
@@ -376,7 +383,7 @@ class FastOps(ref.ReferenceOps):
         ceil = node.attrs.get("ceil_mode", False)
         n, h, w, c = x.shape
         ho, wo = ref.pool_out_hw(h, kh, sh, ph, dh, ceil), ref.pool_out_hw(w, kw, sw, pw, dw, ceil)
-        out = np.empty((n, ho, wo, c), dtype=np.float32)
+        out = self.buffers.get((node.name, "out"), (n, ho, wo, c), np.float32)
         with serial_if_small(out.size * kh * kw // 8):
             maxpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, dh, dw, out)
         return out
@@ -386,7 +393,7 @@ class FastOps(ref.ReferenceOps):
         ceil = node.attrs.get("ceil_mode", False)
         n, h, w, c = x.shape
         ho, wo = ref.pool_out_hw(h, kh, sh, ph, 1, ceil), ref.pool_out_hw(w, kw, sw, pw, 1, ceil)
-        out = np.empty((n, ho, wo, c), dtype=np.float32)
+        out = self.buffers.get((node.name, "out"), (n, ho, wo, c), np.float32)
         include = bool(node.attrs.get("count_include_pad", True))
         with serial_if_small(out.size * kh * kw // 8):
             avgpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, include, out)
@@ -397,16 +404,18 @@ class FastOps(ref.ReferenceOps):
         15-20 µs per call at batch 1)."""
         if x.ndim != 4:
             return super().gap(node, x)
-        out = np.empty((x.shape[0], 1, 1, x.shape[3]), dtype=np.float32)
+        out = self.buffers.get((node.name, "out"), (x.shape[0], 1, 1, x.shape[3]), np.float32)
         gap_kernel(np.ascontiguousarray(x, dtype=np.float32), out)
         return out
 
     @staticmethod
-    def slice_pad(index: tuple[slice, ...], width: list[tuple[int, int]], x: np.ndarray) -> np.ndarray:
+    def slice_pad(index: tuple[slice, ...], width: list[tuple[int, int]], x: np.ndarray, out=None) -> np.ndarray:
         """An option-A shortcut (a strided slice ``index`` of NHWC ``x``, then zero padding ``width``) as one
-        allocation and one copy (two plan steps cost ~25 µs at batch 1); the same values as the two ops."""
+        allocation and one copy (two plan steps cost ~25 µs at batch 1); the same values as the two ops.
+        ``out``: the result's array, zero outside the copied part (a kept one from an earlier call is)."""
         view = x[index]
-        out = np.zeros([s + a + b for s, (a, b) in zip(view.shape, width)], dtype=x.dtype)
+        shape = tuple(s + a + b for s, (a, b) in zip(view.shape, width))
+        out = np.zeros(shape, dtype=x.dtype) if out is None else out
         out[tuple(slice(a, a + s) for s, (a, _) in zip(view.shape, width))] = view
         return out
 
@@ -416,13 +425,14 @@ class FastOps(ref.ReferenceOps):
         width = ref.pad_width(node, x.ndim)
         if any(a < 0 or b < 0 for a, b in width):
             return super().pad(node, x)
-        out = np.zeros([s + a + b for s, (a, b) in zip(x.shape, width)], dtype=x.dtype)
+        shape = tuple(s + a + b for s, (a, b) in zip(x.shape, width))
+        out = self.buffers.get((node.name, "out"), shape, x.dtype, zeroed=True)  # only the interior is written
         out[tuple(slice(a, a + s) for s, (a, _) in zip(x.shape, width))] = x
         return out
 
     def prelu(self, node: Node, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.empty_like(x)
+        out = self.buffers.get((node.name, "out"), x.shape, np.float32)
         a = node.arrays
         with serial_if_small(x.size // 8):
             prelu_kernel(x, a["shift_in"], a["slope"], a["shift_out"], out)
@@ -430,7 +440,7 @@ class FastOps(ref.ReferenceOps):
 
     def affine(self, node: Node, x: np.ndarray, clamp=None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.empty_like(x)
+        out = self.buffers.get((node.name, "out"), x.shape, np.float32)
         lo, hi = clamp if clamp is not None else (0.0, 0.0)
         with serial_if_small(x.size // 8):
             affine_clamp_kernel(
@@ -500,11 +510,19 @@ class FastOps(ref.ReferenceOps):
         order = [(name, fn) for name, _, fn in self.steps]
         input_name = self.input_name
 
+        buffers = self.buffers
+
         def run(x: np.ndarray) -> np.ndarray:
-            env = {input_name: x}
-            for name, fn in order:
-                env[name] = fn(env)
-            return env[out_name]
+            outer = buffers.activate()
+            try:
+                env = {input_name: x}
+                for name, fn in order:
+                    env[name] = fn(env)
+                # the result may live in a kept array that the next run on this thread overwrites
+                return np.array(env[out_name], copy=True) if outer else env[out_name]
+            finally:
+                if outer:
+                    buffers.deactivate()
 
         self.plan = lambda x: self.tiles(run, x)
 
@@ -518,6 +536,7 @@ class FastOps(ref.ReferenceOps):
         times = dict.fromkeys(PROFILE_KINDS, 0.0)
         self._profiling.times = times
         env = {self.input_name: x}
+        outer = self.buffers.activate()  # the arrays a plan run reuses, as in a real run
         start = time.perf_counter()
         try:
             for name, kind, fn in self.steps:
@@ -527,6 +546,8 @@ class FastOps(ref.ReferenceOps):
                 times[kind] += time.perf_counter() - t0 - (times["input packing"] - packed_before)
         finally:
             self._profiling.times = None
+            if outer:
+                self.buffers.deactivate()
         times["other"] += max(0.0, time.perf_counter() - start - sum(times.values()))
         return times
 
@@ -565,7 +586,10 @@ class FastOps(ref.ReferenceOps):
 
         def run(env: dict) -> np.ndarray:
             x = env[src]
-            return self.slice_pad(index, width, x) if x.ndim == 4 else self.pad(pad, self.slice(sl, x))
+            if x.ndim != 4:
+                return self.pad(pad, self.slice(sl, x))
+            shape = tuple(s + a + b for s, (a, b) in zip(x[index].shape, width))
+            return self.slice_pad(index, width, x, self.buffers.get((pad.name, "out"), shape, x.dtype, zeroed=True))
 
         return run
 

@@ -1,0 +1,64 @@
+"""The fast engine's plan reuses each step's arrays from one run to the next on the same thread
+(:mod:`rbnn.runtime.buffers`): results must not change, must not be overwritten by a later run, and the arrays
+must really be reused (a fresh 512 KB activation per step cost page faults: docs/deploy.md)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from test_deploy_helpers import rand_input, randomize
+
+import rbnn.deploy as deploy
+from rbnn import models
+from rbnn.runtime.buffers import StepBuffers
+
+
+@pytest.fixture(scope="module", params=[("resnet20", "xnor"), ("resnet20_bireal", "rbnn")], ids=lambda p: p[0])
+def engines(request, tmp_path_factory):
+    # xnor: option-A shortcuts (a zero-padded slice), next-layer bits with padding rows; Bi-Real + RBNN: float
+    # residuals around every conv, per-sample means
+    name, method = request.param
+    path = tmp_path_factory.mktemp(name) / "m.rbnn"
+    deploy.export(randomize(models.create(name, method=method)), path, input_shape=(3, 32, 32))
+    return deploy.load(path, backend="fast"), deploy.load(path, backend="reference")
+
+
+def test_runs_reuse_arrays_and_stay_exact(engines):
+    fast, refm = engines
+    xs = [rand_input((3, 32, 32), n, seed=s) for n, s in ((2, 0), (2, 1), (3, 2), (2, 3), (1, 4), (2, 5))]
+    fast.predict(xs[0])
+    kept = dict(fast.ops.buffers._local.arrays)
+    assert len(kept) > 10 and sum(a.nbytes for a in kept.values()) > 100_000
+    outs = [fast.predict(xs[1])]  # the same shape again: the same arrays, overwritten
+    assert all(fast.ops.buffers._local.arrays[k] is a for k, a in kept.items())
+    outs = [fast.predict(xs[0]), *outs, *(fast.predict(x) for x in xs[2:])]  # other shapes (new arrays), back
+    for x, out in zip(xs, outs):  # every earlier result intact after later runs, every run exact
+        np.testing.assert_array_equal(out, refm.predict(x))
+
+
+def test_concurrent_callers_keep_their_own_arrays(engines):
+    fast, refm = engines
+    xs = [rand_input((3, 32, 32), 2, seed=10 + i) for i in range(6)]
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(fast.predict, xs))
+    for x, out in zip(xs, outs):
+        np.testing.assert_array_equal(out, refm.predict(x))
+
+
+def test_step_buffers_outside_a_run_are_fresh_and_zeroed_on_request():
+    b = StepBuffers()
+    a1, a2 = b.get(("n", "out"), (2, 3), np.float32), b.get(("n", "out"), (2, 3), np.float32)
+    assert a1 is not a2  # not inside a run: ops called on their own never share memory
+    assert b.activate() and not b.activate()  # a nested run does not own the arrays
+    z = b.get(("n", "pad"), (4,), np.uint64, zeroed=True)
+    assert not z.any()
+    z[1] = 7
+    assert b.get(("n", "pad"), (4,), np.uint64, zeroed=True) is z  # kept: the caller's contract keeps it valid
+    assert b.get(("n", "pad"), (5,), np.uint64, zeroed=True) is not z  # another shape: a new zeroed array
+    b.deactivate()
+    b.release()
+    b.activate()
+    assert b.get(("n", "pad"), (5,), np.uint64) is not z
+    b.deactivate()
