@@ -409,3 +409,12 @@ def test_size_report_rows(good_file):
     assert total["kind"] == "total" and total["file_bytes"] == os.path.getsize(good_file)
     conv2 = next(r for r in rows if r["name"] == "conv2")
     assert conv2["params"] == 24 * 16 * 9 and conv2["weight_packed_bytes"] == 24 * 3 * 8
+
+
+def test_tile_holds_what_fits_the_tile_bytes():
+    # images per tile from the model's largest activation: ResNet-20 (16x32x32 float32 = 64 KB) 32 images,
+    # resnet18_cifar (64x32x32 = 256 KB) 8, an ImageNet stem activation (64x112x112 = 3.2 MB) 1, never 0
+    from rbnn.runtime import threads
+
+    assert threads.TILE_BYTES == 2 << 20
+    assert [threads.tile_images(b) for b in (65536, 262144, 3211264, 0, 1)] == [32, 8, 1, threads.TILE, threads.TILE]

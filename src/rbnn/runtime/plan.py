@@ -524,7 +524,11 @@ class FastOps(ref.ReferenceOps):
                 if outer:
                     buffers.deactivate()
 
-        self.plan = lambda x: self.tiles(run, x)
+        # the largest activation of one image at the model's input size (float32), scaled to the input's pixels
+        shapes = graph.shapes or {}
+        in_size = int(np.prod(shapes.get(input_name, (1,))))
+        act_bytes = 4 * max((int(np.prod(s)) for s in shapes.values()), default=0)
+        self.plan = lambda x: self.tiles(run, x, int(act_bytes * x[0].size / max(1, in_size)))
 
     def profile(self, x: np.ndarray, repeats: int = 5) -> dict[str, float]:
         """Median seconds per op kind (:data:`PROFILE_KINDS`) over ``repeats`` runs of the plan on internal

@@ -12,14 +12,17 @@ import numpy as np
 
 from .kernels import warmup_parallel_layer
 
-# A large batch runs as tiles of at most TILE images on parallel threads (the kernels release the GIL), each
-# tile single-threaded: a tile's activations stay in cache, and the float glue between kernels (NumPy,
-# one thread) runs in parallel too. Every op is per sample, so the logits equal the untiled run's exactly.
-# Batches below TILE_MIN images per thread run untiled with every kernel multi-threaded. 8 images: a ResNet-20
-# tile's activations (8 x 32x32x16 float32 = 512 KB) fit the L2 of a Zen 3 core; measured in CPU time of one
-# thread on 64 images (loaded 2-core Zen 3): resnet20 xnor 0.85 ms/img with tiles of 8 vs 1.24 with 32,
-# resnet20_bireal 1.03 vs 1.57, resnet18_cifar 4.86 vs 5.32.
-TILE = 8
+# A large batch runs as tiles on parallel threads (the kernels release the GIL), each tile single-threaded, so
+# the float glue between kernels (NumPy, one thread) runs in parallel too. Every op is per sample, so the logits
+# equal the untiled run's exactly. A tile holds as many images as fit TILE_BYTES of the model's largest
+# activation, at most TILE: the Python between a plan's steps is paid once per tile, so larger tiles are cheaper
+# until a tile's activations leave the caches. Measured with each step's arrays reused between runs (2-core
+# Zen 3, 2 threads, batch 128, µs per image, tiles of 8 / 16 / 32 / 64): resnet20 xnor 223 / 201-212 / 195-196 /
+# 190, resnet20_bireal 262 / 240-245 / 227-229 / 224, resnet18_cifar (256 KB per image) 1331 / 1301 / 1303.
+# 2 MiB gives ResNet-20 (64 KB per image) tiles of 32 and resnet18_cifar tiles of 8.
+# Batches below TILE_MIN images per thread run untiled with every kernel multi-threaded.
+TILE = 64
+TILE_BYTES = 2 << 20
 TILE_MIN = 8
 
 # Work below this many uint64 word operations runs on one thread: waking the pool costs more than it saves
@@ -94,9 +97,14 @@ def run_managed(run, x: np.ndarray, threads: int) -> np.ndarray:
 
 
 
+def tile_images(image_bytes: int) -> int:
+    """Images per tile for a model whose largest activation is ``image_bytes`` per image (see :data:`TILE_BYTES`)."""
+    return max(1, min(TILE, TILE_BYTES // max(1, image_bytes)))
+
+
 class TiledRunner:
-    """Runs a plan on a batch: a small batch untiled with multi-threaded kernels, a large one as tiles of at
-    most :data:`TILE` images on a thread pool (one per model and process), each tile single-threaded."""
+    """Runs a plan on a batch: a small batch untiled with multi-threaded kernels, a large one as tiles of
+    :func:`tile_images` images on a thread pool (one per model and process), each tile single-threaded."""
 
     def __init__(self) -> None:
         self.pool: ThreadPoolExecutor | None = None
@@ -113,11 +121,12 @@ class TiledRunner:
         finally:
             numba.set_num_threads(prev)
 
-    def __call__(self, run, x: np.ndarray) -> np.ndarray:
+    def __call__(self, run, x: np.ndarray, image_bytes: int = 0) -> np.ndarray:
+        """``run(x)``, tiled when the batch is large; ``image_bytes``: the largest activation of one image."""
         n, threads = x.shape[0], numba.get_num_threads()
         if threads < 2 or n < TILE_MIN * threads or not threadsafe_layer():
             return run_managed(run, x, threads)  # small batch: kernels use all threads unless tiny
-        tile = min(TILE, -(-n // threads))
+        tile = min(tile_images(image_bytes), -(-n // threads))
         with self._pool_lock:
             # a forked child inherits the pool object but not its threads: make a new one there
             if self.pool is None or self._pool_key != (threads, os.getpid()):
