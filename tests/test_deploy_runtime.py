@@ -81,12 +81,13 @@ def test_fast_matches_reference_exactly(method, n, c1, c2, tmp_path):
     assert rep["ok"], rep
 
 
-@pytest.mark.parametrize("method", ["xnor", "rebnn"])  # threshold none / per-channel shift
+@pytest.mark.parametrize("method", ["xnor", "rebnn", "rbnn"])  # threshold none / per-channel shift / mean
 @pytest.mark.parametrize("c1,c2", [(16, 24), (67, 130)])
 def test_fused_next_layer_bits_equal_reference(method, c1, c2, tmp_path):
     # a binary layer whose only binary reader thresholds per channel writes that reader's row windows in its
     # epilogue (conv3 -> conv4: 1x3 kernel, padding (0, 2), dilation 2) and skips its floats when nothing else
-    # reads them; the logits must still equal the reference's bit for bit, NaN and infinite pixels included
+    # reads them; a reader that subtracts the per-sample mean (rbnn) gets them from a second pass over the
+    # floats; the logits must still equal the reference's bit for bit, NaN and infinite pixels included
     m = tiny(method, c1=c1, c2=c2)
     p = tmp_path / "m.rbnn"
     deploy.export(m, p, input_shape=(3, 7, 9))

@@ -239,7 +239,8 @@ G_KH, G_KW, G_SH, G_SW, G_DH, G_DW, G_PH, G_PW, G_H, G_W, G_C, G_HO, G_WO, G_O =
 G_NKW, G_NDW, G_NPH, G_NPW = range(14, 18)  # the next binary layer's kernel width, dilation and padding
 G_RES, G_CLAMP, G_FLOAT, G_BITS = range(18, 22)
 G_ITHR = 22  # the next layer's bits straight from the integer dots by per-channel thresholds (see bconv_kernel)
-GEOM_LEN = 23
+G_STD = 23  # the next layer's bits by the per-sample mean of this layer's float output (see bconv_kernel)
+GEOM_LEN = 24
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -527,9 +528,12 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
     ``g[G_BITS]``, binarized with the next binary layer's ``nshift`` (exactly :func:`pack_rows`' float ops) into
     that layer's row windows ``nout`` (its padding rows zeroed by the caller): the next layer's input is never
     re-read as floats. With ``g[G_ITHR]`` (bits only, no residual) those bits come from the integer dots by the
-    thresholds ``ithr`` instead (:func:`_row_threshold_bits`): the float epilogue is skipped. One output row at a
-    time, in phases (the popcounts of every pixel, the epilogue, the signs), each a tight loop; rows in chunks so
-    that scratch is allocated once per chunk, not per row."""
+    thresholds ``ithr`` instead (:func:`_row_threshold_bits`): the float epilogue is skipped. With ``g[G_STD]``
+    (the next layer standardizes per sample, as RBNN's activations do) the bits need the whole float output's
+    per-sample mean first: a second pass, after every row, binarizes ``out`` exactly as :func:`pack_rows` would
+    (same mean, same float ops), saving the next layer's packing call. One output row at a time, in phases (the
+    popcounts of every pixel, the epilogue, the signs), each a tight loop; rows in chunks so that scratch is
+    allocated once per chunk, not per row."""
     n_, hp, wq, rw = xw.shape
     xf = xw.reshape(-1)  # xw is C-contiguous (allocated by the plan)
     kd = wcol.shape[0]
@@ -537,7 +541,7 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
     h_in, w_in, c_, ho, wo, o_ = g[G_H], g[G_W], g[G_C], g[G_HO], g[G_WO], g[G_O]
     nkw, ndw, nph, npw = g[G_NKW], g[G_NDW], g[G_NPH], g[G_NPW]
     has_res, clamp, wfloat, wbits = g[G_RES] != 0, g[G_CLAMP] != 0, g[G_FLOAT] != 0, g[G_BITS] != 0
-    by_threshold = g[G_ITHR] != 0
+    by_threshold, std_bits = g[G_ITHR] != 0, g[G_STD] != 0
     lo, hi = lohi[0], lohi[1]
     rowstep = dh * wq * rw
     off = np.empty(kd, dtype=np.int64)  # operand word i of a pixel: kernel row i // rw, word i % rw
@@ -608,6 +612,18 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
             _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y)
             if wbits:
                 _row_signs(y, nshift, np.float32(0.0), prow, npw)
+                _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
+    if std_bits:  # a second pass: the per-sample means of the whole output, then the next layer's bits
+        out2 = out.reshape(n_, -1)
+        mean = np.empty(n_, dtype=np.float32)
+        for n in range(n_):
+            mean[n] = _sample_mean(out2, n)
+        for t in prange(chunks):
+            prow = np.zeros((wo + 2 * npw, (o_ + 63) // 64), dtype=np.uint64)
+            for r in range(t * rows // chunks, (t + 1) * rows // chunks):
+                n = r // ho
+                oh = r - n * ho
+                _row_signs(out[n, oh], nshift, mean[n], prow, npw)
                 _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
 
 
@@ -826,7 +842,7 @@ def warmup() -> None:
     xp = np.zeros((1, 4, 2, 1), dtype=np.uint64)
     pack_rows(x, np.zeros(3, np.float32), np.zeros(1, np.float32), True, 1, 1, 3, 1, xp)
     sample_mean_kernel(x.reshape(1, -1), np.empty(1, np.float32))
-    g = np.array([3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 3, 2, 2, 5, 3, 1, 1, 1, 1, 1, 1, 1, 0], np.int64)
+    g = np.array([3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 3, 2, 2, 5, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0], np.int64)
     out = np.empty((1, 2, 2, 5), dtype=np.float32)
     bconv_kernel(
         xp,

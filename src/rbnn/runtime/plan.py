@@ -199,8 +199,11 @@ class _BinPrep:
         allocating its outputs (at batch 1 that work was a third of ResNet-20's latency)."""
         cl = (float(clamp[0]), float(clamp[1])) if clamp is not None else None
         bits = nxt is not None
+        std = bits and nxt.standardize  # bits after the whole output, from its per-sample mean: needs the floats
+        want_float = want_float or std
         ithr = self.bit_thresholds(nxt, cl) if bits and not want_float and not has_res else None
-        flags = (int(has_res), int(cl is not None), int(want_float), int(bits), int(ithr is not None))
+        flags = (int(has_res), int(cl is not None), int(want_float), int(bits and not std), int(ithr is not None),
+                 int(std))
         g, oshape, nshape, lohi, work = self._layout(h, w, flags, nxt, cl)
         return _Bound(
             g, lohi, (n, *oshape), (n, *nshape) if bits else None, want_float, n * work < SERIAL_BELOW,
@@ -580,7 +583,8 @@ class FastOps(ref.ReferenceOps):
         at = consumer.attrs
         return (
             producer.op == "bconv" and consumer.op == "bconv" and not p.ternary and not c.ternary
-            and consumer.inputs[0] == last and at.get("zero") == 1 and at["act_transform"] in ("none", "shift")
+            and consumer.inputs[0] == last and at.get("zero") == 1
+            and at["act_transform"] in ("none", "shift", "standardize_sample")
         )
 
     def _slice_pad_step(self, sl: Node, pad: Node):
