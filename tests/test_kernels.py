@@ -182,3 +182,49 @@ def test_fused_slice_pad_equals_the_two_ops(torch_pad):
     index = tuple(slice(*s) for s in _nhwc_slices(sl))
     got = FastOps.slice_pad(index, pad_width(pad, 4), x)
     np.testing.assert_array_equal(got, want)
+
+
+def _geometry(c, o, hw, ho, stride, pad):
+    g = np.zeros(K.GEOM_LEN, np.int64)
+    g[[K.G_KH, K.G_KW, K.G_SH, K.G_SW, K.G_DH, K.G_DW, K.G_PH, K.G_PW]] = (3, 3, stride, stride, 1, 1, pad, pad)
+    g[[K.G_H, K.G_W, K.G_C, K.G_HO, K.G_WO, K.G_O]] = (hw, hw, c, ho, ho, o)
+    g[[K.G_NKW, K.G_NDW, K.G_FLOAT]] = 1
+    return g
+
+
+@pytest.mark.parametrize("c,o", [(16, 16), (32, 24), (40, 8), (64, 64), (128, 72), (200, 16)])
+@pytest.mark.parametrize("hw,stride", [(9, 1), (7, 2), (6, 1)])
+def test_binary_conv_kernel_equals_the_integer_conv(c, o, hw, stride):
+    """bconv_kernel with ``mul`` 1 and ``add`` 0 writes the ±1 dot over the valid taps (zero padding): the same
+    integers as a NumPy conv of ±1 activations and weights, for widths that are not multiples of the kernel's
+    pixel and channel blocks and operands of 1 to 29 words."""
+    rng = np.random.default_rng(c * 1000 + o + hw)
+    n, pad = 2, 1
+    ho = (hw + 2 * pad - 3) // stride + 1
+    xs = np.where(rng.random((n, hw, hw, c)) < 0.5, -1.0, 1.0).astype(np.float32)
+    ws = np.where(rng.random((o, 3, 3, c)) < 0.5, -1.0, 1.0)
+    wb = pack_signs(ws)
+    xw = np.empty((n, hw + 2 * pad, hw + 2 * pad - 2, (3 * c + 63) // 64), np.uint64)
+    K.pack_rows(xs, np.zeros(c, np.float32), np.zeros(n, np.float32), False, pad, pad, 3, 1, xw)
+    out = np.empty((n, ho, ho, o), np.float32)
+    dummy, dummy_bits = np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.uint64)
+    K.bconv_kernel(xw, K.row_window_weights(wb, c), K.tap_popcounts(wb), _geometry(c, o, hw, ho, stride, pad),
+                   np.ones(o), np.zeros(o), dummy, np.zeros(2, np.float32), out, np.zeros(c, np.float32),
+                   dummy_bits, np.zeros((2, o), np.int32))
+    xp = np.pad(xs, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    want = np.zeros((n, ho, ho, o))
+    for kh in range(3):
+        for kw in range(3):
+            patch = xp[:, kh : kh + stride * (ho - 1) + 1 : stride, kw : kw + stride * (ho - 1) + 1 : stride]
+            want += patch @ ws[:, kh, kw, :].T
+    np.testing.assert_array_equal(out, want.astype(np.float32))
+
+
+def test_binary_conv_kernel_refuses_a_short_geometry():
+    """A geometry without its last flags would make the kernel read beyond the array (the benchmark's old one did)."""
+    g = _geometry(16, 16, 6, 6, 1, 1)[:-1]
+    x, w = np.zeros((1, 8, 6, 1), np.uint64), np.zeros((3, 16), np.uint64)
+    with pytest.raises(ValueError, match="GEOM_LEN"):
+        K.bconv_kernel(x, w, np.zeros((9, 16), np.int32), g, np.ones(16), np.zeros(16), np.zeros((1, 1, 1, 1), np.float32),
+                       np.zeros(2, np.float32), np.zeros((1, 6, 6, 16), np.float32), np.zeros(16, np.float32),
+                       np.zeros((1, 1, 1, 1), np.uint64), np.zeros((2, 16), np.int32))

@@ -520,6 +520,88 @@ def _row_threshold_bits(dots, cn, ithr, prow, npw):
             prow[ow + npw, k] = acc
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_scratch(wo, o_, npw, wbits):
+    """A thread's scratch for :func:`_conv_row`, allocated once per chunk of rows: the row's dots (Wo, O) int32,
+    the int64 accumulators (O), the border's valid-tap counts (Wo) and correction (O), a float row (Wo, O) for
+    when the float output is not kept, and the next layer's pixel words (with its padding pixels, zero)."""
+    return (
+        np.empty((wo, o_), dtype=np.int32),
+        np.empty(o_, dtype=np.int64),
+        np.empty(wo, dtype=np.int32),
+        np.empty(o_, dtype=np.int32),
+        np.empty((wo, o_), dtype=np.float32),
+        np.zeros((wo + 2 * npw if wbits else 0, (o_ + 63) // 64), dtype=np.uint64),
+    )
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _conv_row(xf, xw, wcol, wpop, off, g, n, oh, border, sc, mul, add, res, lohi, out, wfloat, wbits, by_threshold,
+              ithr, nshift, nout):
+    """Output row ``oh`` of sample ``n`` (see :func:`bconv_kernel`; ``border``: its per-column tables, ``sc``:
+    :func:`_row_scratch`), in phases: the popcounts of every pixel, the border correction, then the next layer's
+    bits by thresholds, or the float epilogue (into ``out`` when ``wfloat``) and the bits by sign (``wbits``).
+    At most 30 arguments: CPython passes more as ``*args``, which numba cannot inline."""
+    kh_, kw_, sh, sw, dh, dw, ph, pw = g[G_KH], g[G_KW], g[G_SH], g[G_SW], g[G_DH], g[G_DW], g[G_PH], g[G_PW]
+    h_in, w_in, c_, o_ = g[G_H], g[G_W], g[G_C], g[G_O]
+    nkw, ndw, nph, npw = g[G_NKW], g[G_NDW], g[G_NPH], g[G_NPW]
+    has_res, clamp, lo, hi = g[G_RES] != 0, g[G_CLAMP] != 0, lohi[0], lohi[1]
+    edges, n_edges, cn_inner, inner_col = border
+    dots, acc, cn_edge, row_corr, ybuf, prow = sc
+    hp, wq, rw = xw.shape[1], xw.shape[2], xw.shape[3]
+    wo = dots.shape[0]
+    # flat indices (12 % faster than 4-D at 16 channels); a pixel's operand: its KH row windows
+    _row_popcounts(xf, (n * hp + oh * sh) * wq * rw, sw * rw, off, wcol, o_, acc, dots)
+    ih0 = oh * sh - ph
+    if ih0 >= 0 and ih0 + (kh_ - 1) * dh < h_in:
+        cn = cn_inner
+        for e in range(n_edges):
+            ow = edges[e]
+            _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
+    else:
+        # a row whose window leaves the image: the kernel rows outside it are one correction vector,
+        # subtracted from every inner column; edge columns (corners) take the full per-tap check
+        cn = cn_edge
+        row_corr[:] = 0
+        rows_in = 0
+        for kh in range(kh_):
+            if 0 <= ih0 + kh * dh < h_in:
+                rows_in += 1
+            else:
+                for kw in range(kw_):
+                    for o in range(o_):
+                        row_corr[o] += wpop[kh * kw_ + kw, o]
+        for ow in range(wo):
+            if inner_col[ow]:
+                d = dots[ow]
+                for o in range(o_):
+                    d[o] -= row_corr[o]
+                cn[ow] = np.int32(c_ * rows_in * kw_)
+            else:
+                nvalid = _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
+                cn[ow] = np.int32(c_ * nvalid)
+    if by_threshold:
+        _row_threshold_bits(dots, cn, ithr, prow, npw)
+        _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
+        return
+    y = out[n, oh] if wfloat else ybuf
+    _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y)
+    if wbits:
+        _row_signs(y, nshift, np.float32(0.0), prow, npw)
+        _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sample_bits(out, n, nshift, nkw, ndw, nph, npw, prow, nout):
+    """The next layer's row windows of sample ``n`` from the whole float output ``out[n]`` standardized by its
+    per-sample mean, exactly as :func:`pack_rows` (same mean, same float ops)."""
+    mean = _sample_mean(out.reshape(out.shape[0], -1), n)
+    o_ = out.shape[3]
+    for oh in range(out.shape[1]):
+        _row_signs(out[n, oh], nshift, mean, prow, npw)
+        _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr):
     """Binary conv of row windows ``xw`` (:func:`pack_rows`) with the weights ``wcol`` (KH·Rw, O)
@@ -530,19 +612,21 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
     re-read as floats. With ``g[G_ITHR]`` (bits only, no residual) those bits come from the integer dots by the
     thresholds ``ithr`` instead (:func:`_row_threshold_bits`): the float epilogue is skipped. With ``g[G_STD]``
     (the next layer standardizes per sample, as RBNN's activations do) the bits need the whole float output's
-    per-sample mean first: a second pass, after every row, binarizes ``out`` exactly as :func:`pack_rows` would
-    (same mean, same float ops), saving the next layer's packing call. One output row at a time, in phases (the
+    per-sample mean first: after a sample's rows, a pass over its (cache-hot) output binarizes it exactly as
+    :func:`pack_rows` would (same mean, same float ops), saving the next layer's packing call; samples run in
+    parallel, or, for one sample, the rows and then that pass. One output row at a time, in phases (the
     popcounts of every pixel, the epilogue, the signs), each a tight loop; rows in chunks so that scratch is
-    allocated once per chunk, not per row."""
+    allocated once per chunk, not per row. ``g`` must hold ``GEOM_LEN`` entries (a shorter one is refused: its
+    missing flags would be read from beyond its end)."""
+    if g.shape[0] != GEOM_LEN:
+        raise ValueError("bconv_kernel: the geometry g must have GEOM_LEN entries (kernels.G_*)")
     n_, hp, wq, rw = xw.shape
     xf = xw.reshape(-1)  # xw is C-contiguous (allocated by the plan)
     kd = wcol.shape[0]
-    kh_, kw_, sh, sw, dh, dw, ph, pw = g[G_KH], g[G_KW], g[G_SH], g[G_SW], g[G_DH], g[G_DW], g[G_PH], g[G_PW]
-    h_in, w_in, c_, ho, wo, o_ = g[G_H], g[G_W], g[G_C], g[G_HO], g[G_WO], g[G_O]
+    kw_, sw, dh, dw, pw, w_in, c_ = g[G_KW], g[G_SW], g[G_DH], g[G_DW], g[G_PW], g[G_W], g[G_C]
+    kh_, ho, wo, o_ = g[G_KH], g[G_HO], g[G_WO], g[G_O]
     nkw, ndw, nph, npw = g[G_NKW], g[G_NDW], g[G_NPH], g[G_NPW]
-    has_res, clamp, wfloat, wbits = g[G_RES] != 0, g[G_CLAMP] != 0, g[G_FLOAT] != 0, g[G_BITS] != 0
-    by_threshold, std_bits = g[G_ITHR] != 0, g[G_STD] != 0
-    lo, hi = lohi[0], lohi[1]
+    wfloat, wbits, by_threshold, std_bits = g[G_FLOAT] != 0, g[G_BITS] != 0, g[G_ITHR] != 0, g[G_STD] != 0
     rowstep = dh * wq * rw
     off = np.empty(kd, dtype=np.int64)  # operand word i of a pixel: kernel row i // rw, word i % rw
     for i in range(kd):
@@ -562,69 +646,30 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
         if valid < kw_:
             edges[n_edges] = ow
             n_edges += 1
+    border = (edges, n_edges, cn_inner, inner_col)
     rows = n_ * ho
+    if std_bits and n_ > 1:  # sample by sample: a sample's output is still in cache when its bits are made
+        for n in prange(n_):
+            sc = _row_scratch(wo, o_, npw, True)
+            for oh in range(ho):
+                _conv_row(xf, xw, wcol, wpop, off, g, n, oh, border, sc, mul, add, res, lohi, out, True, False, False,
+                          ithr, nshift, nout)
+            _sample_bits(out, n, nshift, nkw, ndw, nph, npw, sc[5], nout)
+        return
     chunks = _chunks(rows)
     for t in prange(chunks):
-        dots = np.empty((wo, o_), dtype=np.int32)
-        acc = np.empty(o_, dtype=np.int64)
-        cn_edge = np.empty(wo, dtype=np.int32)
-        row_corr = np.empty(o_, dtype=np.int32)
-        ybuf = np.empty((wo, o_), dtype=np.float32)
-        prow = np.zeros((wo + 2 * npw if wbits else 0, (o_ + 63) // 64), dtype=np.uint64)
+        sc = _row_scratch(wo, o_, npw, wbits)
         for r in range(t * rows // chunks, (t + 1) * rows // chunks):
             n = r // ho
-            oh = r - n * ho
-            # flat indices (12 % faster than 4-D at 16 channels); a pixel's operand: its KH row windows
-            _row_popcounts(xf, (n * hp + oh * sh) * wq * rw, sw * rw, off, wcol, o_, acc, dots)
-            ih0 = oh * sh - ph
-            if ih0 >= 0 and ih0 + (kh_ - 1) * dh < h_in:
-                cn = cn_inner
-                for e in range(n_edges):
-                    ow = edges[e]
-                    _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
-            else:
-                # a row whose window leaves the image: the kernel rows outside it are one correction vector,
-                # subtracted from every inner column; edge columns (corners) take the full per-tap check
-                cn = cn_edge
-                row_corr[:] = 0
-                rows_in = 0
-                for kh in range(kh_):
-                    if 0 <= ih0 + kh * dh < h_in:
-                        rows_in += 1
-                    else:
-                        for kw in range(kw_):
-                            for o in range(o_):
-                                row_corr[o] += wpop[kh * kw_ + kw, o]
-                for ow in range(wo):
-                    if inner_col[ow]:
-                        d = dots[ow]
-                        for o in range(o_):
-                            d[o] -= row_corr[o]
-                        cn[ow] = np.int32(c_ * rows_in * kw_)
-                    else:
-                        nvalid = _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
-                        cn[ow] = np.int32(c_ * nvalid)
-            if by_threshold:
-                _row_threshold_bits(dots, cn, ithr, prow, npw)
-                _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
-                continue
-            y = out[n, oh] if wfloat else ybuf
-            _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y)
-            if wbits:
-                _row_signs(y, nshift, np.float32(0.0), prow, npw)
-                _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
-    if std_bits:  # a second pass: the per-sample means of the whole output, then the next layer's bits
-        out2 = out.reshape(n_, -1)
-        mean = np.empty(n_, dtype=np.float32)
-        for n in range(n_):
-            mean[n] = _sample_mean(out2, n)
+            _conv_row(xf, xw, wcol, wpop, off, g, n, r - n * ho, border, sc, mul, add, res, lohi, out, wfloat, wbits,
+                      by_threshold, ithr, nshift, nout)
+    if std_bits:  # one sample: a second pass over the whole output, after its per-sample mean
+        mean = _sample_mean(out.reshape(n_, -1), 0)
         for t in prange(chunks):
             prow = np.zeros((wo + 2 * npw, (o_ + 63) // 64), dtype=np.uint64)
-            for r in range(t * rows // chunks, (t + 1) * rows // chunks):
-                n = r // ho
-                oh = r - n * ho
-                _row_signs(out[n, oh], nshift, mean[n], prow, npw)
-                _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
+            for oh in range(t * ho // chunks, (t + 1) * ho // chunks):
+                _row_signs(out[0, oh], nshift, mean, prow, npw)
+                _row_windows(prow, nkw, ndw, o_, nout, 0, oh + nph)
 
 
 def tap_popcounts(w: np.ndarray) -> np.ndarray:
