@@ -112,8 +112,9 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     xw = np.empty((nb, hw + 2, hw, rw), np.uint64)
     fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xw)
     # geometry (kernels.G_*): 3x3, stride 1, padding 1, no next layer; float output only
-    g = np.zeros(fast.G_STD + 1, np.int64)
-    g[[fast.G_KH, fast.G_KW, fast.G_SH, fast.G_SW, fast.G_DH, fast.G_DW, fast.G_PH, fast.G_PW]] = (3, 3, 1, 1, 1, 1, 1, 1)
+    g = np.zeros(fast.GEOM_LEN, np.int64)
+    g[[fast.G_KH, fast.G_KW, fast.G_SH, fast.G_SW, fast.G_DH, fast.G_DW, fast.G_PH, fast.G_PW]] = 1
+    g[[fast.G_KH, fast.G_KW]] = 3
     g[[fast.G_H, fast.G_W, fast.G_C, fast.G_HO, fast.G_WO, fast.G_O]] = (hw, hw, c, hw, hw, c)
     g[[fast.G_NKW, fast.G_NDW, fast.G_FLOAT]] = 1
     lohi = np.zeros(2, np.float32)

@@ -225,6 +225,7 @@ def test_binary_conv_kernel_refuses_a_short_geometry():
     g = _geometry(16, 16, 6, 6, 1, 1)[:-1]
     x, w = np.zeros((1, 8, 6, 1), np.uint64), np.zeros((3, 16), np.uint64)
     with pytest.raises(ValueError, match="GEOM_LEN"):
-        K.bconv_kernel(x, w, np.zeros((9, 16), np.int32), g, np.ones(16), np.zeros(16), np.zeros((1, 1, 1, 1), np.float32),
-                       np.zeros(2, np.float32), np.zeros((1, 6, 6, 16), np.float32), np.zeros(16, np.float32),
+        K.bconv_kernel(x, w, np.zeros((9, 16), np.int32), g, np.ones(16), np.zeros(16),
+                       np.zeros((1, 1, 1, 1), np.float32), np.zeros(2, np.float32),
+                       np.zeros((1, 6, 6, 16), np.float32), np.zeros(16, np.float32),
                        np.zeros((1, 1, 1, 1), np.uint64), np.zeros((2, 16), np.int32))
