@@ -399,6 +399,24 @@ def _sample_mean(x2, n):
     return np.float32(s / xs.shape[0])
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _sum64(y):
+    """The float64 sum of a float32 row (any order, as :func:`_sample_mean`; vectorized)."""
+    s = 0.0
+    for i in range(y.shape[0]):
+        s += np.float64(y[i])
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _mean_of_row_sums(rowsum, n, count):
+    """RBNN's per-sample mean of sample ``n`` from the float64 sums of its output rows (:func:`_sum64`)."""
+    s = 0.0
+    for oh in range(rowsum.shape[1]):
+        s += rowsum[n, oh]
+    return np.float32(s / count)
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def sample_mean_kernel(x2, out):
     """Per-row mean of (N, L) float32 ``x2`` (:func:`_sample_mean`), rows in parallel."""
@@ -601,11 +619,12 @@ def _row_scratch(wo, o_, npw, wbits):
 
 @njit(cache=True, nogil=True, inline="always")
 def _conv_row(xf, xw, wcol, wpop, off, g, n, oh, border, sc, mul, add, res, lohi, out, wfloat, wbits, by_threshold,
-              ithr, nshift, nout):
+              ithr, nshift, nout, rowsum):
     """Output row ``oh`` of sample ``n`` (see :func:`bconv_kernel`; ``border``: its per-column tables, ``sc``:
     :func:`_row_scratch`), in phases: the popcounts of every pixel, the border correction, then the next layer's
-    bits by thresholds, or the float epilogue (into ``out`` when ``wfloat``) and the bits by sign (``wbits``).
-    At most 30 arguments: CPython passes more as ``*args``, which numba cannot inline."""
+    bits by thresholds, or the float epilogue (into ``out`` when ``wfloat``) and the bits by sign (``wbits``);
+    ``rowsum`` (N, Ho) float64, unless empty, gets the row's float64 sum (for the per-sample mean). At most 30
+    arguments: CPython passes more as ``*args``, which numba cannot inline."""
     kh_, kw_, sh, sw, dh, dw, ph, pw = g[G_KH], g[G_KW], g[G_SH], g[G_SW], g[G_DH], g[G_DW], g[G_PH], g[G_PW]
     h_in, w_in, c_, o_ = g[G_H], g[G_W], g[G_C], g[G_O]
     nkw, ndw, nph, npw = g[G_NKW], g[G_NDW], g[G_NPH], g[G_NPW]
@@ -650,16 +669,17 @@ def _conv_row(xf, xw, wcol, wpop, off, g, n, oh, border, sc, mul, add, res, lohi
         return
     y = out[n, oh] if wfloat else ybuf
     _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y)
+    if rowsum.shape[0] != 0:  # while the row is in L1: the second pass needs no serial read of the whole output
+        rowsum[n, oh] = _sum64(y.reshape(-1))
     if wbits:
         _row_signs(y, nshift, np.float32(0.0), prow, npw)
         _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample_bits(out, n, nshift, nkw, ndw, nph, npw, prow, nout):
+def _sample_bits(out, n, mean, nshift, nkw, ndw, nph, npw, prow, nout):
     """The next layer's row windows of sample ``n`` from the whole float output ``out[n]`` standardized by its
-    per-sample mean, exactly as :func:`pack_rows` (same mean, same float ops)."""
-    mean = _sample_mean(out.reshape(out.shape[0], -1), n)
+    per-sample ``mean``, exactly as :func:`pack_rows` (same mean, same float ops)."""
     o_ = out.shape[3]
     for oh in range(out.shape[1]):
         _row_signs(out[n, oh], nshift, mean, prow, npw)
@@ -712,13 +732,15 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
             n_edges += 1
     border = (edges, n_edges, cn_inner, inner_col)
     rows = n_ * ho
+    rowsum = np.empty((n_, ho) if std_bits else (0, 0), dtype=np.float64)
+    count = ho * wo * o_
     if std_bits and n_ > 1:  # sample by sample: a sample's output is still in cache when its bits are made
         for n in prange(n_):
             sc = _row_scratch(wo, o_, npw, True)
             for oh in range(ho):
                 _conv_row(xf, xw, wcol, wpop, off, g, n, oh, border, sc, mul, add, res, lohi, out, True, False, False,
-                          ithr, nshift, nout)
-            _sample_bits(out, n, nshift, nkw, ndw, nph, npw, sc[5], nout)
+                          ithr, nshift, nout, rowsum)
+            _sample_bits(out, n, _mean_of_row_sums(rowsum, n, count), nshift, nkw, ndw, nph, npw, sc[5], nout)
         return
     chunks = _chunks(rows)
     for t in prange(chunks):
@@ -726,9 +748,9 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
         for r in range(t * rows // chunks, (t + 1) * rows // chunks):
             n = r // ho
             _conv_row(xf, xw, wcol, wpop, off, g, n, r - n * ho, border, sc, mul, add, res, lohi, out, wfloat, wbits,
-                      by_threshold, ithr, nshift, nout)
+                      by_threshold, ithr, nshift, nout, rowsum)
     if std_bits:  # one sample: a second pass over the whole output, after its per-sample mean
-        mean = _sample_mean(out.reshape(n_, -1), 0)
+        mean = _mean_of_row_sums(rowsum, 0, count)
         for t in prange(chunks):
             prow = np.zeros((wo + 2 * npw, (o_ + 63) // 64), dtype=np.uint64)
             for oh in range(t * ho // chunks, (t + 1) * ho // chunks):
