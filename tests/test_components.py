@@ -33,13 +33,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_state_dict_of_the_layers_before_components_loads_strictly_and_computes_the_same(method):
     """tests/data/old_layout_13.pt was written by the layers of commit 3b04a62 (before this refactor): same
     keys (``conv2.scale``, ``.theta``, ``.R1``, ``.rebnn_alpha``, ``.gamma``, ``.prev_sign``, ``.act_shift``, ...)
-    and bit-identical eval logits after a strict load into a freshly built (differently seeded) model."""
+    and the same eval logits after a strict load into a freshly built (differently seeded) model: bit-identical on
+    the CPU that wrote the file; elsewhere torch's kernels may round differently (1e-7 on an AVX-512 Xeon), so
+    the check allows float32 rounding, far below what a wrong key, shape or layout changes."""
     old = torch.load(OLD, weights_only=True)
     model = tiny(method, seed=7, c1=8, c2=8)
     assert list(model.state_dict()) == list(old[method]["state_dict"])
     model.load_state_dict(old[method]["state_dict"], strict=True)
     with torch.no_grad():
-        assert torch.equal(model.eval()(old["x"]), old[method]["logits"])
+        torch.testing.assert_close(model.eval()(old["x"]), old[method]["logits"], rtol=1e-5, atol=1e-6)
 
 
 def test_recipe_names_are_checked_against_the_registries():
