@@ -325,7 +325,10 @@ G_NKW, G_NDW, G_NPH, G_NPW = range(14, 18)  # the next binary layer's kernel wid
 G_RES, G_CLAMP, G_FLOAT, G_BITS = range(18, 22)
 G_ITHR = 22  # the next layer's bits straight from the integer dots by per-channel thresholds (see bconv_kernel)
 G_STD = 23  # the next layer's bits by the per-sample mean of this layer's float output (see bconv_kernel)
-GEOM_LEN = 24
+# words from a row window's start to this layer's operand: nonzero when a 1x1 conv reads the middle tap of
+# another layer's 3-tap windows of the same input (a downsampling block's shortcut; see plan._BinStep)
+G_XOFF = 24
+GEOM_LEN = 25
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -642,7 +645,7 @@ def _conv_row(xf, xw, wcol, wpop, off, g, n, oh, border, sc, mul, add, res, lohi
     hp, wq, rw = xw.shape[1], xw.shape[2], xw.shape[3]
     wo = dots.shape[0]
     # flat indices (12 % faster than 4-D at 16 channels); a pixel's operand: its KH row windows
-    _row_popcounts(xf, (n * hp + oh * sh) * wq * rw, sw * rw, off, wcol, o_, acc, dots)
+    _row_popcounts(xf, (n * hp + oh * sh) * wq * rw + g[G_XOFF], sw * rw, off, wcol, o_, acc, dots)
     ih0 = oh * sh - ph
     if ih0 >= 0 and ih0 + (kh_ - 1) * dh < h_in:
         cn = cn_inner

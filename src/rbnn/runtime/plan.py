@@ -63,6 +63,7 @@ _DUMMY_BITS = np.zeros((1, 1, 1, 1), dtype=np.uint64)
 _DUMMY_SHIFT = np.zeros(1, dtype=np.float32)
 _DUMMY_THRESHOLDS = np.zeros((2, 1), dtype=np.int32)
 BITS = "bits"  # env[(name, BITS)]: the row windows a fused binary step wrote for its binary reader
+SHARED = "shared"  # env[(input, SHARED)]: a 3x3 step's row windows of an input that a 1x1 step reads too
 
 
 class _Bound(NamedTuple):
@@ -139,18 +140,18 @@ class _BinPrep:
         (ph, pw), kw, dw = self.pad, self.kshape[2], self.dil[1]
         return xw.shape[1] - 2 * ph, xw.shape[2] - 2 * pw + dw * (kw - 1)
 
-    def _layout(self, h: int, w: int, flags: tuple[int, ...], nxt: _BinPrep | None, clamp) -> tuple:
+    def _layout(self, h: int, w: int, flags: tuple[int, ...], nxt: _BinPrep | None, clamp, xoff: int = 0) -> tuple:
         """Per input size, flags, next layer and clamp, computed once: the kernel's int64 geometry (``G_*``), the
         per-sample shapes of the float output and of the next layer's row windows, the clamp bounds as float32,
         and the word operations per sample (the thread policy's work)."""
-        key = (h, w, flags, id(nxt), clamp)
+        key = (h, w, flags, id(nxt), clamp, xoff)
         lay = self._layouts.get(key)
         if lay is None:
             (ph, pw), (sh, sw), (dh, dw) = self.pad, self.stride, self.dil
             o, kh, kw = self.kshape
             ho, wo = ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(w, kw, sw, pw, dw)
             nkw, ndw, (nph, npw) = (nxt.kshape[2], nxt.dil[1], nxt.pad) if nxt is not None else (1, 1, (0, 0))
-            geom = [kh, kw, sh, sw, dh, dw, ph, pw, h, w, self.c, ho, wo, o, nkw, ndw, nph, npw, *flags]
+            geom = [kh, kw, sh, sw, dh, dw, ph, pw, h, w, self.c, ho, wo, o, nkw, ndw, nph, npw, *flags, xoff]
             g = np.array(geom, dtype=np.int64)
             nshape = (ho + 2 * nph, wo + 2 * npw - ndw * (nkw - 1), nxt.rw) if nxt is not None else None
             lohi = np.array(clamp if clamp is not None else (0.0, 0.0), dtype=np.float32)
@@ -193,10 +194,12 @@ class _BinPrep:
         self._thresholds[key] = out  # one per (reader, clamp): a layer has one reader and one clamp in a plan
         return out
 
-    def bind(self, n: int, h: int, w: int, has_res: bool, clamp, want_float: bool, nxt: _BinPrep | None) -> _Bound:
+    def bind(self, n: int, h: int, w: int, has_res: bool, clamp, want_float: bool, nxt: _BinPrep | None,
+             xoff: int = 0) -> _Bound:
         """Everything a kernel call needs besides its input, residual and output arrays, for a batch of ``n``
         H x W inputs; :class:`_BinStep` keeps it per input shape so that a call does no Python work beyond
-        allocating its outputs (at batch 1 that work was a third of ResNet-20's latency)."""
+        allocating its outputs (at batch 1 that work was a third of ResNet-20's latency). ``xoff``: the words
+        from a row window's start to this layer's operand (``kernels.G_XOFF``)."""
         cl = (float(clamp[0]), float(clamp[1])) if clamp is not None else None
         bits = nxt is not None
         std = bits and nxt.standardize  # bits after the whole output, from its per-sample mean: needs the floats
@@ -204,7 +207,7 @@ class _BinPrep:
         ithr = self.bit_thresholds(nxt, cl) if bits and not want_float and not has_res else None
         flags = (int(has_res), int(cl is not None), int(want_float), int(bits and not std), int(ithr is not None),
                  int(std))
-        g, oshape, nshape, lohi, work = self._layout(h, w, flags, nxt, cl)
+        g, oshape, nshape, lohi, work = self._layout(h, w, flags, nxt, cl, xoff)
         return _Bound(
             g, lohi, (n, *oshape), (n, *nshape) if bits else None, want_float, n * work < SERIAL_BELOW,
             nxt.shift if bits else _DUMMY_SHIFT, _DUMMY_THRESHOLDS if ithr is None else ithr,
@@ -262,14 +265,32 @@ class _BinStep:
 
     def __init__(self, ops: FastOps, node: Node, name: str, res_name, clamp, packed_in: bool, nxt, want_float):
         self.ops, self.node, self.name, self.src = ops, node, name, node.inputs[0]
+        self.share = False  # keep this step's packed input in env[(src, SHARED)] for a 1x1 step (see share_with)
+        self.shared_xoff = -1  # >= 0: read env[(src, SHARED)] (another step's 3-tap windows) at this word offset
         self.prep = ops._p(node)
         self.res_name, self.clamp, self.packed_in, self.nxt, self.want_float = (
             res_name, clamp, packed_in, nxt, want_float)
         self.bound: dict[tuple[int, ...], _Bound] = {}  # by input row-window shape
         self.direct = node.op == "bconv" and not self.prep.ternary  # else the generic op (flat input, ternary)
 
+    @staticmethod
+    def can_share(a: _BinStep, b: _BinStep) -> bool:
+        """Whether 1x1 step ``b`` can read 3x3 step ``a``'s row windows of their common float input instead of
+        packing it again: the same binarization (shift, per-sample mean), whole 64-bit words per pixel (so the
+        middle tap's words are a pixel's words), ``a`` padded by 1 so that window w's middle tap is pixel w."""
+        pa, pb = a.prep, b.prep
+        return (
+            a.direct and b.direct and not a.packed_in and not b.packed_in and a.src == b.src
+            and b.res_name is None and pa.c == pb.c and pa.c % 64 == 0
+            and pa.kshape[1:] == (3, 3) and pa.pad == (1, 1) and pa.dil == (1, 1)
+            and pb.kshape[1:] == (1, 1) and pb.pad == (0, 0) and pb.dil == (1, 1)
+            and pa.standardize == pb.standardize and np.array_equal(pa.shift, pb.shift)
+        )
+
     def __call__(self, env: dict) -> np.ndarray | None:
         p = self.prep
+        if self.shared_xoff >= 0:
+            return self._call_shared(env)
         if self.packed_in:
             xp = env[(self.src, BITS)]
         elif not self.direct:
@@ -277,6 +298,8 @@ class _BinStep:
         else:
             xp = p.pack(np.ascontiguousarray(env[self.src], dtype=np.float32),
                         getattr(self.ops._profiling, "times", None))
+            if self.share:
+                env[(self.src, SHARED)] = xp
         b = self.bound.get(xp.shape)
         if b is None:
             h, w = p.input_hw(xp)
@@ -288,6 +311,22 @@ class _BinStep:
             out, nout = p.conv(xp, *p.input_hw(xp), res, self.clamp, False, self.want_float, self.nxt)
         else:
             out, nout = p.call(b, xp, res)
+        if nout is not None:
+            env[(self.name, BITS)] = nout
+        return out
+
+    def _call_shared(self, env: dict) -> np.ndarray | None:
+        """This 1x1 layer on another step's 3-tap, pad-1 row windows of the same input: its operand is the
+        middle tap of window (row + 1, column), ``shared_xoff`` words into the row window."""
+        xp = env[(self.src, SHARED)]
+        b = self.bound.get(xp.shape)
+        if b is None:
+            h, w = xp.shape[1] - 2, xp.shape[2]  # 3-tap windows of pad 1: H + 2 rows, W windows
+            xoff = xp.shape[2] * xp.shape[3] + self.shared_xoff  # one padding row, then the middle tap
+            b = self.prep.bind(xp.shape[0], h, w, False, self.clamp, self.want_float, self.nxt, xoff)
+            if len(self.bound) < 64:
+                self.bound[xp.shape] = b
+        out, nout = self.prep.call(b, xp, None)
         if nout is not None:
             env[(self.name, BITS)] = nout
         return out
@@ -506,7 +545,7 @@ class FastOps(ref.ReferenceOps):
                     steps.append((pos[ht.name], ht.name, n, self._clamped_step(n, (ht.attrs["min"], ht.attrs["max"]))))
                     continue
             steps.append((pos[n.name], n.name, n, self._plain_step(n)))
-        bin_steps = self._bin_steps(bins, readers)
+        bin_steps = self._bin_steps(bins, readers, pos)
         steps = [(k, name, node, fn or bin_steps[node.name]) for k, name, node, fn in sorted(steps, key=lambda s: s[0])]
         self.input_name, self.output_name = nodes[0].name, out_name
         self.steps = [(name, _KIND.get(node.op, "other"), fn) for _, name, node, fn in steps]
@@ -558,7 +597,7 @@ class FastOps(ref.ReferenceOps):
         times["other"] += max(0.0, time.perf_counter() - start - sum(times.values()))
         return times
 
-    def _bin_steps(self, bins: list[tuple], readers: dict[str, list[Node]]) -> dict[str, _BinStep]:
+    def _bin_steps(self, bins: list[tuple], readers: dict[str, list[Node]], pos: dict[str, int]) -> dict[str, _BinStep]:
         """A :class:`_BinStep` per binary group (by its first node's name). A group whose only binary reader is
         the bconv of the next group, thresholding per channel (or not at all), writes that reader's row windows
         in its epilogue, and its floats only when someone else reads them (a residual path, the output)."""
@@ -575,6 +614,13 @@ class FastOps(ref.ReferenceOps):
             want_float = c is None or any(r is not c for r in readers[last])
             nxt = None if c is None else self._p(c)
             steps[first.name] = _BinStep(self, first, last, res_name, clamp, first.name in packed_in, nxt, want_float)
+        # a downsampling block's 1x1 shortcut conv reads its 3x3 sibling's windows of their common input
+        order = {first.name: pos[last] for first, last, _, _ in bins}
+        for a in steps.values():
+            for b in steps.values():
+                if (b.shared_xoff < 0 and not a.share and order[a.node.name] < order[b.node.name]
+                        and _BinStep.can_share(a, b)):
+                    a.share, b.shared_xoff = True, a.prep.c // 64
         return steps
 
     def _feeds_bits(self, producer: Node, consumer: Node, last: str) -> bool:
