@@ -217,10 +217,10 @@ def fdot8x8(typingctx, xf, base, toff, wflat, o, out, oi, ostride, bias):
     return sig, codegen
 
 
-def _make_popdots(pixels: int):
+def _make_popdots(pixels: int, lanes: int = 8):
     """An intrinsic ``popdots(xf, base, step, off, wcol, o, d, di, dstride)``: for pixel k < ``pixels`` and
-    channel j < 8, ``d[di + k·dstride + j] = int32(Σ_i popcount(xf[base + k·step + off[i]] ^ wcol[i, o + j]))``.
-    One LLVM loop over the operand words with the pixels' <8 x i64> accumulators in registers: each weight
+    channel j < ``lanes``, ``d[di + k·dstride + j] = int32(Σ_i popcount(xf[base + k·step + off[i]] ^ wcol[i, o + j]))``.
+    One LLVM loop over the operand words with the pixels' <lanes x i64> accumulators in registers: each weight
     vector is loaded once for all the pixels, and no accumulator goes through memory (the per-pixel loop loaded
     and stored its int64 accumulators for every word, and reloaded every weight for every pixel)."""
 
@@ -236,8 +236,8 @@ def _make_popdots(pixels: int):
 
         def codegen(context, builder, signature, args):
             i32, i64 = ir.IntType(32), ir.IntType(64)
-            v8 = ir.VectorType(i64, 8)
-            zero = ir.Constant(v8, [0] * 8)
+            v8 = ir.VectorType(i64, lanes)
+            zero = ir.Constant(v8, [0] * lanes)
 
             def proxy(k):
                 return cgutils.create_struct_proxy(signature.args[k])(context, builder, value=args[k])
@@ -253,7 +253,7 @@ def _make_popdots(pixels: int):
             base_, step_, o_, di_, ds_ = as64(1), as64(2), as64(5), as64(7), as64(8)
             n_words = builder.extract_value(proxy(3).shape, 0)
             w_cols = builder.extract_value(proxy(4).shape, 1)
-            ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]), "llvm.ctpop.v8i64")
+            ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]), f"llvm.ctpop.v{lanes}i64")
             starts = [builder.add(base_, builder.mul(step_, ir.Constant(i64, k))) for k in range(pixels)]
             entry = builder.block
             loop = builder.append_basic_block("words")
@@ -273,7 +273,7 @@ def _make_popdots(pixels: int):
             for k, a in enumerate(accs):
                 x = builder.load(builder.gep(x_ptr, [builder.add(starts[k], off_i)]))
                 xv = builder.insert_element(ir.Constant(v8, ir.Undefined), x, ir.Constant(i32, 0))
-                xv = builder.shuffle_vector(xv, xv, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+                xv = builder.shuffle_vector(xv, xv, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
                 new_accs.append(builder.add(a, builder.call(ctpop, [builder.xor(xv, w)])))
             i_next = builder.add(i, ir.Constant(i64, 1))
             i.add_incoming(i_next, loop)
@@ -282,7 +282,7 @@ def _make_popdots(pixels: int):
             builder.cbranch(builder.icmp_signed("<", i_next, n_words), loop, done)
 
             builder.position_at_end(done)
-            v8i32 = ir.VectorType(i32, 8)
+            v8i32 = ir.VectorType(i32, lanes)
             sums = [builder.phi(v8) for _ in range(pixels)]  # every phi first, at the top of the block
             for r, na in zip(sums, new_accs):
                 r.add_incoming(zero, entry)
@@ -299,6 +299,8 @@ def _make_popdots(pixels: int):
 
 
 popdots4 = _make_popdots(4)
+popdots4x16 = _make_popdots(4, 16)
+popdots1x16 = _make_popdots(1, 16)
 popdots1 = _make_popdots(1)
 
 
@@ -470,12 +472,25 @@ def pack_rows(x, shift, mean, standardize, ph, pw, kw_, dw, out):
 def _row_popcounts(xf, base, step, off, wcol, o_, acc, dots):
     """popcount(operand ^ weights) of every pixel of one output row into ``dots`` (Wo, O): pixel ow's operand is
     the words ``xf[base + ow·step + off[i]]``; the weights ``wcol`` are (KH·Rw, O), contiguous along O. With
-    whole blocks of 8 output channels, 4 pixels x 8 channels at a time in registers (:func:`popdots4`; the
-    row's last Wo mod 4 pixels one at a time): 1.7-2.5x the per-pixel loop at 128-512 channels, 1.1-1.2x at
-    32-64 (Intel Xeon, AVX-512 VPOPCNTDQ). Otherwise (O not a multiple of 8) one pixel at a time, each word
+    whole blocks of 16 (or 8) output channels, 4 pixels x 16 (8) channels at a time in registers
+    (:func:`popdots4x16`, :func:`popdots4`; the row's last Wo mod 4 pixels one at a time): 1.7-2.5x the
+    per-pixel loop at 128-512 channels, 1.1-1.2x at 32-64, and 16 channels 1.05-1.25x 8 (Intel Xeon, AVX-512
+    VPOPCNTDQ; neutral with AVX2-only code). Otherwise (O not a multiple of 8) one pixel at a time, each word
     added into the int64 accumulators ``acc`` (O) by a loop over the output channels that LLVM vectorizes."""
     wo = dots.shape[0]
     kd = off.shape[0]
+    if o_ & 15 == 0:
+        df = dots.reshape(-1)
+        ow = 0
+        while ow + 4 <= wo:
+            for o in range(0, o_, 16):
+                popdots4x16(xf, base + ow * step, step, off, wcol, o, df, ow * o_ + o, o_)
+            ow += 4
+        while ow < wo:
+            for o in range(0, o_, 16):
+                popdots1x16(xf, base + ow * step, step, off, wcol, o, df, ow * o_ + o, o_)
+            ow += 1
+        return
     if o_ & 7 == 0:
         df = dots.reshape(-1)
         ow = 0
