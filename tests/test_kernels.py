@@ -229,3 +229,8 @@ def test_binary_conv_kernel_refuses_a_short_geometry():
                        np.zeros((1, 1, 1, 1), np.float32), np.zeros(2, np.float32),
                        np.zeros((1, 6, 6, 16), np.float32), np.zeros(16, np.float32),
                        np.zeros((1, 1, 1, 1), np.uint64), np.zeros((2, 16), np.int32))
+
+
+def test_warmup_compiles_every_kernel():
+    """warmup() builds its own inputs (a geometry among them): it must run against the kernels as they are."""
+    K.warmup()

@@ -999,7 +999,8 @@ def warmup() -> None:
     xp = np.zeros((1, 4, 2, 1), dtype=np.uint64)
     pack_rows(x, np.zeros(3, np.float32), np.zeros(1, np.float32), True, 1, 1, 3, 1, xp)
     sample_mean_kernel(x.reshape(1, -1), np.empty(1, np.float32))
-    g = np.array([3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 3, 2, 2, 5, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0], np.int64)
+    g = np.zeros(GEOM_LEN, np.int64)  # 3x3 of 3 -> 5 channels, residual, clamp, float output and next bits
+    g[: G_ITHR] = [3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 3, 2, 2, 5, 3, 1, 1, 1, 1, 1, 1, 1]
     out = np.empty((1, 2, 2, 5), dtype=np.float32)
     bconv_kernel(
         xp,
