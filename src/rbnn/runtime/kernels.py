@@ -479,29 +479,26 @@ def _row_popcounts(xf, base, step, off, wcol, o_, acc, dots):
     added into the int64 accumulators ``acc`` (O) by a loop over the output channels that LLVM vectorizes."""
     wo = dots.shape[0]
     kd = off.shape[0]
-    if o_ & 15 == 0:
-        df = dots.reshape(-1)
-        ow = 0
-        while ow + 4 <= wo:
-            for o in range(0, o_, 16):
-                popdots4x16(xf, base + ow * step, step, off, wcol, o, df, ow * o_ + o, o_)
-            ow += 4
-        while ow < wo:
-            for o in range(0, o_, 16):
-                popdots1x16(xf, base + ow * step, step, off, wcol, o, df, ow * o_ + o, o_)
-            ow += 1
-        return
     if o_ & 7 == 0:
         df = dots.reshape(-1)
+        wide = o_ & 15 == 0  # 16-channel tiles, else 8
+        lanes = 16 if wide else 8
         ow = 0
-        while ow + 4 <= wo:
-            for o in range(0, o_, 8):
-                popdots4(xf, base + ow * step, step, off, wcol, o, df, ow * o_ + o, o_)
-            ow += 4
         while ow < wo:
-            for o in range(0, o_, 8):
-                popdots1(xf, base + ow * step, step, off, wcol, o, df, ow * o_ + o, o_)
-            ow += 1
+            four = ow + 4 <= wo  # 4-pixel tiles; the row's last Wo mod 4 pixels one at a time
+            b = base + ow * step
+            for o in range(0, o_, lanes):
+                k = ow * o_ + o
+                if wide:
+                    if four:
+                        popdots4x16(xf, b, step, off, wcol, o, df, k, o_)
+                    else:
+                        popdots1x16(xf, b, step, off, wcol, o, df, k, o_)
+                elif four:
+                    popdots4(xf, b, step, off, wcol, o, df, k, o_)
+                else:
+                    popdots1(xf, b, step, off, wcol, o, df, k, o_)
+            ow += 4 if four else 1
         return
     for ow in range(wo):
         b = base + ow * step

@@ -265,8 +265,10 @@ class _BinStep:
 
     def __init__(self, ops: FastOps, node: Node, name: str, res_name, clamp, packed_in: bool, nxt, want_float):
         self.ops, self.node, self.name, self.src = ops, node, name, node.inputs[0]
-        self.share = False  # keep this step's packed input in env[(src, SHARED)] for a 1x1 step (see share_with)
-        self.shared_xoff = -1  # >= 0: read env[(src, SHARED)] (another step's 3-tap windows) at this word offset
+        self.share = False  # keep this step's packed input in env[(src, SHARED)] for a 1x1 step (see can_share)
+        # >= 0: read env[(src, SHARED)] (another step's 3-tap windows), this many words after a window's start
+        # in the row below its padding row: the middle tap of window (row + 1, column) is input pixel (row, column)
+        self.shared_xoff = -1
         self.prep = ops._p(node)
         self.res_name, self.clamp, self.packed_in, self.nxt, self.want_float = (
             res_name, clamp, packed_in, nxt, want_float)
@@ -290,8 +292,8 @@ class _BinStep:
     def __call__(self, env: dict) -> np.ndarray | None:
         p = self.prep
         if self.shared_xoff >= 0:
-            return self._call_shared(env)
-        if self.packed_in:
+            xp = env[(self.src, SHARED)]
+        elif self.packed_in:
             xp = env[(self.src, BITS)]
         elif not self.direct:
             return self.ops.bconv(self.node, env[self.src], self._res(env), self.clamp)
@@ -302,8 +304,11 @@ class _BinStep:
                 env[(self.src, SHARED)] = xp
         b = self.bound.get(xp.shape)
         if b is None:
-            h, w = p.input_hw(xp)
-            b = p.bind(xp.shape[0], h, w, self.res_name is not None, self.clamp, self.want_float, self.nxt)
+            if self.shared_xoff >= 0:  # another step's 3-tap, pad-1 windows: H + 2 rows, W windows
+                (h, w), xoff = (xp.shape[1] - 2, xp.shape[2]), xp.shape[2] * xp.shape[3] + self.shared_xoff
+            else:
+                (h, w), xoff = p.input_hw(xp), 0
+            b = p.bind(xp.shape[0], h, w, self.res_name is not None, self.clamp, self.want_float, self.nxt, xoff)
             if len(self.bound) < 64:
                 self.bound[xp.shape] = b
         res = self._res(env)
@@ -311,22 +316,6 @@ class _BinStep:
             out, nout = p.conv(xp, *p.input_hw(xp), res, self.clamp, False, self.want_float, self.nxt)
         else:
             out, nout = p.call(b, xp, res)
-        if nout is not None:
-            env[(self.name, BITS)] = nout
-        return out
-
-    def _call_shared(self, env: dict) -> np.ndarray | None:
-        """This 1x1 layer on another step's 3-tap, pad-1 row windows of the same input: its operand is the
-        middle tap of window (row + 1, column), ``shared_xoff`` words into the row window."""
-        xp = env[(self.src, SHARED)]
-        b = self.bound.get(xp.shape)
-        if b is None:
-            h, w = xp.shape[1] - 2, xp.shape[2]  # 3-tap windows of pad 1: H + 2 rows, W windows
-            xoff = xp.shape[2] * xp.shape[3] + self.shared_xoff  # one padding row, then the middle tap
-            b = self.prep.bind(xp.shape[0], h, w, False, self.clamp, self.want_float, self.nxt, xoff)
-            if len(self.bound) < 64:
-                self.bound[xp.shape] = b
-        out, nout = self.prep.call(b, xp, None)
         if nout is not None:
             env[(self.name, BITS)] = nout
         return out
