@@ -117,16 +117,17 @@ def bench_kernel(c: int, hw: int, nb: int, reps: int, rng) -> None:
     g[[fast.G_KH, fast.G_KW]] = 3
     g[[fast.G_H, fast.G_W, fast.G_C, fast.G_HO, fast.G_WO, fast.G_O]] = (hw, hw, c, hw, hw, c)
     g[[fast.G_NKW, fast.G_NDW, fast.G_FLOAT]] = 1
+    cbase, rowcls = fast.border_table(wpop, g)
     lohi = np.zeros(2, np.float32)
     no_thresholds = np.zeros((2, c), np.int32)
 
     def binary():
-        fast.bconv_kernel(xw, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits, no_thresholds)
+        fast.bconv_kernel(xw, wcol, cbase, rowcls, g, one, zero, dummy, lohi, out, zshift, dummy_bits, no_thresholds)
 
     def packed_layer():
         xq = np.empty(xw.shape, np.uint64)
         fast.pack_rows(xin, zshift, zmean, False, 1, 1, 3, 1, xq)
-        fast.bconv_kernel(xq, wcol, wpop, g, one, zero, dummy, lohi, out, zshift, dummy_bits, no_thresholds)
+        fast.bconv_kernel(xq, wcol, cbase, rowcls, g, one, zero, dummy, lohi, out, zshift, dummy_bits, no_thresholds)
 
     with torch.no_grad():
         t = interleaved({"torch": lambda: F.conv2d(xf, wf, padding=1), "binary": binary, "layer": packed_layer}, reps)

@@ -46,7 +46,7 @@ def _hard_values(rng, shape, shift, m):
     return y
 
 
-@pytest.mark.parametrize("channels", [8, 16, 21, 64, 67, 130])
+@pytest.mark.parametrize("channels", [8, 16, 21, 24, 64, 67, 88, 130])
 @pytest.mark.parametrize("m", [0.0, 0.3])
 def test_row_signs_equal_the_reference_rule_bit_for_bit(channels, m):
     rng = np.random.default_rng(channels)
@@ -208,9 +208,10 @@ def test_binary_conv_kernel_equals_the_integer_conv(c, o, hw, stride):
     K.pack_rows(xs, np.zeros(c, np.float32), np.zeros(n, np.float32), False, pad, pad, 3, 1, xw)
     out = np.empty((n, ho, ho, o), np.float32)
     dummy, dummy_bits = np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.uint64)
-    K.bconv_kernel(xw, K.row_window_weights(wb, c), K.tap_popcounts(wb), _geometry(c, o, hw, ho, stride, pad),
-                   np.ones(o), np.zeros(o), dummy, np.zeros(2, np.float32), out, np.zeros(c, np.float32),
-                   dummy_bits, np.zeros((2, o), np.int32))
+    g = _geometry(c, o, hw, ho, stride, pad)
+    K.bconv_kernel(xw, K.row_window_weights(wb, c), *K.border_table(K.tap_popcounts(wb), g), g, np.ones(o),
+                   np.zeros(o), dummy, np.zeros(2, np.float32), out, np.zeros(c, np.float32), dummy_bits,
+                   np.zeros((2, o), np.int32))
     xp = np.pad(xs, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     want = np.zeros((n, ho, ho, o))
     for kh in range(3):
@@ -220,12 +221,48 @@ def test_binary_conv_kernel_equals_the_integer_conv(c, o, hw, stride):
     np.testing.assert_array_equal(out, want.astype(np.float32))
 
 
+@pytest.mark.parametrize("o", [16, 24, 40, 64, 72, 136])
+def test_fused_epilogue_writes_the_floats_and_the_next_layers_bits(o):
+    """The fused epilogue (border table, ``·mul + add`` in float64, + residual, clamp, then the next layer's sign
+    bits) equals the same steps in NumPy: the float output bit for bit, and the next layer's row windows equal
+    ``pack_rows`` of that output, for channel counts on and off the 16- and 8-channel blocks and over 64."""
+    rng = np.random.default_rng(o)
+    n, c, hw = 2, 24, 6
+    xs = np.where(rng.random((n, hw, hw, c)) < 0.5, -1.0, 1.0).astype(np.float32)
+    ws = np.where(rng.random((o, 3, 3, c)) < 0.5, -1.0, 1.0)
+    wb = pack_signs(ws)
+    xw = np.empty((n, hw + 2, hw, 2), np.uint64)
+    K.pack_rows(xs, np.zeros(c, np.float32), np.zeros(n, np.float32), False, 1, 1, 3, 1, xw)
+    mul = rng.standard_normal(o).astype(np.float32).astype(np.float64)
+    add = rng.standard_normal(o).astype(np.float32).astype(np.float64)
+    res = rng.standard_normal((n, hw, hw, o)).astype(np.float32)
+    nshift = (rng.standard_normal(o) * 0.3).astype(np.float32)
+    lohi = np.array([-1.5, 1.25], np.float32)
+    g = _geometry(c, o, hw, hw, 1, 1)
+    g[[K.G_NKW, K.G_NDW, K.G_NPH, K.G_NPW, K.G_RES, K.G_CLAMP, K.G_FLOAT, K.G_BITS]] = (3, 1, 1, 1, 1, 1, 1, 1)
+    out = np.empty((n, hw, hw, o), np.float32)
+    rw_next = (3 * o + 63) // 64
+    nout = np.zeros((n, hw + 2, hw, rw_next), np.uint64)
+    K.bconv_kernel(xw, K.row_window_weights(wb, c), *K.border_table(K.tap_popcounts(wb), g), g, mul, add, res,
+                   lohi, out, nshift, nout, np.zeros((2, o), np.int32))
+    xp = np.pad(xs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dots = np.zeros((n, hw, hw, o))
+    for kh in range(3):
+        for kw in range(3):
+            dots += xp[:, kh : kh + hw, kw : kw + hw] @ ws[:, kh, kw, :].T
+    want = np.clip((dots * mul + add).astype(np.float32) + res, lohi[0], lohi[1])
+    np.testing.assert_array_equal(out, want)
+    want_bits = np.zeros_like(nout)
+    K.pack_rows(want, nshift, np.zeros(n, np.float32), False, 1, 1, 3, 1, want_bits)
+    np.testing.assert_array_equal(nout, want_bits)
+
+
 def test_binary_conv_kernel_refuses_a_short_geometry():
     """A geometry without its last flags would make the kernel read beyond the array (the benchmark's old one did)."""
     g = _geometry(16, 16, 6, 6, 1, 1)[:-1]
     x, w = np.zeros((1, 8, 6, 1), np.uint64), np.zeros((3, 16), np.uint64)
     with pytest.raises(ValueError, match="GEOM_LEN"):
-        K.bconv_kernel(x, w, np.zeros((9, 16), np.int32), g, np.ones(16), np.zeros(16),
+        K.bconv_kernel(x, w, np.zeros((3, 6, 16), np.int32), np.zeros(6, np.int32), g, np.ones(16), np.zeros(16),
                        np.zeros((1, 1, 1, 1), np.float32), np.zeros(2, np.float32),
                        np.zeros((1, 6, 6, 16), np.float32), np.zeros(16, np.float32),
                        np.zeros((1, 1, 1, 1), np.uint64), np.zeros((2, 16), np.int32))

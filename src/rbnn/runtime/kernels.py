@@ -77,144 +77,117 @@ def f32_bits(typingctx, x):
     return sig, codegen
 
 
-@intrinsic
-def signs8(typingctx, y, i, s, j, m):
-    """The sign bits of ``((y[i+k] + s[j+k]) - m) + 0`` for k < 8 (float32 arrays, contiguous) as the bits of one
-    uint8 (bit k): one 8-wide vector add and a sign-bit mask (``vaddps`` + ``vmovmskps`` on AVX2; LLVM lowers the
-    same IR on any target). The loop form of this was 2-3 cycles per value."""
-    if not (isinstance(y, types.Array) and isinstance(s, types.Array) and y.dtype == types.float32
-            and s.dtype == types.float32 and isinstance(i, types.Integer) and isinstance(j, types.Integer)
-            and isinstance(m, types.Float) and m.bitwidth == 32):
-        return None
-    sig = types.uint8(y, i, s, j, m)
+def _make_signs(lanes: int):
+    """An intrinsic ``signs(y, i, s, j, m) -> uint64``: the sign bits of ``((y[i+k] + s[j+k]) - m) + 0`` for
+    k < ``lanes`` (float32 arrays, contiguous) as bit k: one vector add and a sign-bit mask (``vaddps`` +
+    ``vmovmskps``/``vpmovd2m``; LLVM lowers the same IR on any target). The loop form of this was 2-3 cycles per
+    value."""
 
-    def codegen(context, builder, signature, args):
-        f8 = ir.VectorType(ir.FloatType(), 8)
-        i8 = ir.VectorType(ir.IntType(32), 8)
+    @intrinsic
+    def signs(typingctx, y, i, s, j, m):
+        if not (isinstance(y, types.Array) and isinstance(s, types.Array) and y.dtype == types.float32
+                and s.dtype == types.float32 and isinstance(i, types.Integer) and isinstance(j, types.Integer)
+                and isinstance(m, types.Float) and m.bitwidth == 32):
+            return None
+        sig = types.uint64(y, i, s, j, m)
 
-        def load8(arr_type, arr, idx):
-            data = cgutils.create_struct_proxy(arr_type)(context, builder, value=arr).data
-            ptr = builder.bitcast(builder.gep(data, [idx]), f8.as_pointer())
-            return builder.load(ptr, align=4)
+        def codegen(context, builder, signature, args):
+            ta = signature.args
+            vf = ir.VectorType(ir.FloatType(), lanes)
+            vi = ir.VectorType(ir.IntType(32), lanes)
+            i_, j_ = _as_i64(builder, ta[1], args[1]), _as_i64(builder, ta[3], args[3])
+            v = builder.fadd(_vec_load(context, builder, ta[0], args[0], i_, vf, 4),
+                             _vec_load(context, builder, ta[2], args[2], j_, vf, 4))
+            v = builder.fadd(builder.fsub(v, _splat(builder, vf, args[4])), ir.Constant(vf, [0.0] * lanes))
+            neg = builder.icmp_signed("<", builder.bitcast(v, vi), ir.Constant(vi, [0] * lanes))
+            return builder.zext(builder.bitcast(neg, ir.IntType(lanes)), ir.IntType(64))
 
-        v = builder.fadd(load8(signature.args[0], args[0], args[1]), load8(signature.args[2], args[2], args[3]))
-        mv = builder.insert_element(ir.Constant(f8, ir.Undefined), args[4], ir.Constant(ir.IntType(32), 0))
-        mv = builder.shuffle_vector(mv, mv, ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
-        v = builder.fadd(builder.fsub(v, mv), ir.Constant(f8, [0.0] * 8))
-        neg = builder.icmp_signed("<", builder.bitcast(v, i8), ir.Constant(i8, [0] * 8))
-        return builder.bitcast(neg, ir.IntType(8))
+        return sig, codegen
 
-    return sig, codegen
-
-
-@intrinsic
-def below8(typingctx, d, i, cn, sg, t, j):
-    """The bits of ``((cn − 2·d[i+k]) ^ sg[j+k]) − sg[j+k] < t[j+k]`` for k < 8 (int32 arrays, contiguous; ``sg``
-    0 or −1 negates) as the bits of one uint8 (bit k): a binary layer's output bits by integer thresholds, 8
-    channels in a few vector instructions (``vpcmpgtd`` + ``vmovmskps`` on AVX2)."""
-    if not all(isinstance(a, types.Array) and a.dtype == types.int32 for a in (d, sg, t)) or not all(
-        isinstance(a, types.Integer) for a in (i, cn, j)
-    ):
-        return None
-    sig = types.uint8(d, i, cn, sg, t, j)
-
-    def codegen(context, builder, signature, args):
-        i8 = ir.VectorType(ir.IntType(32), 8)
-
-        def load8(arr_type, arr, idx):
-            data = cgutils.create_struct_proxy(arr_type)(context, builder, value=arr).data
-            ptr = builder.bitcast(builder.gep(data, [idx]), i8.as_pointer())
-            return builder.load(ptr, align=4)
-
-        cnv = builder.trunc(args[2], ir.IntType(32)) if signature.args[2].bitwidth > 32 else args[2]
-        cb = builder.insert_element(ir.Constant(i8, ir.Undefined), cnv, ir.Constant(ir.IntType(32), 0))
-        cb = builder.shuffle_vector(cb, cb, ir.Constant(i8, [0] * 8))
-        dv = load8(signature.args[0], args[0], args[1])
-        v = builder.sub(cb, builder.shl(dv, ir.Constant(i8, [1] * 8)))
-        sgv = load8(signature.args[3], args[3], args[5])
-        v = builder.sub(builder.xor(v, sgv), sgv)
-        below = builder.icmp_signed("<", v, load8(signature.args[4], args[4], args[5]))
-        return builder.bitcast(below, ir.IntType(8))
-
-    return sig, codegen
+    return signs
 
 
-@intrinsic
-def fdot8x8(typingctx, xf, base, toff, wflat, o, out, oi, ostride, bias):
-    """A float conv's 8 pixels x 8 output channels: ``out[oi + k·ostride + j] = (Σ_t xf[base + toff[t] + k] ·
-    wflat[t, o + j]) + bias[o + j]`` for k, j < 8, the sum in float32 in tap order, a multiply then an add (no
-    FMA): the reference's operations. One LLVM loop over the taps with 8 vector accumulators in registers
-    (8 pixels each, one shared load of the input per tap): 2.4-2.6x the memory-accumulator loop, which was bound
-    by loading and storing its accumulators (numba's scalar form of this does not vectorize)."""
-    f32_arrays = (xf, wflat, out, bias)
-    if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in f32_arrays) or not (
-        isinstance(toff, types.Array) and toff.dtype == types.int64
-    ):
-        return None
-    sig = types.void(xf, base, toff, wflat, o, out, oi, ostride, bias)
+def _make_fdot(pixels: int):
+    """An intrinsic ``fdot(xf, base, toff, wflat, o, out, oi, ostride, bias)``: a float conv's ``pixels`` pixels x 8
+    output channels, ``out[oi + k·ostride + j] = (Σ_t xf[base + toff[t] + k] · wflat[t, o + j]) + bias[o + j]`` for
+    k < ``pixels``, j < 8, the sum in float32 in tap order, a multiply then an add (no FMA): the reference's
+    operations. One LLVM loop over the taps with 8 vector accumulators in registers (``pixels`` pixels each, one
+    shared load of the input per tap): 2.4-2.6x the memory-accumulator loop, which was bound by loading and
+    storing its accumulators (numba's scalar form of this does not vectorize); 16 pixels fill AVX-512 vectors."""
 
-    def codegen(context, builder, signature, args):
-        _, base_, _, _, o_, _, oi_, ost_, _ = args
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        v8 = ir.VectorType(ir.FloatType(), 8)
-        zero = ir.Constant(v8, [0.0] * 8)
+    @intrinsic
+    def fdot(typingctx, xf, base, toff, wflat, o, out, oi, ostride, bias):
+        f32_arrays = (xf, wflat, out, bias)
+        if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in f32_arrays) or not (
+            isinstance(toff, types.Array) and toff.dtype == types.int64
+        ):
+            return None
+        sig = types.void(xf, base, toff, wflat, o, out, oi, ostride, bias)
 
-        def data(k):  # the data pointer of array argument k
-            return cgutils.create_struct_proxy(signature.args[k])(context, builder, value=args[k]).data
+        def codegen(context, builder, signature, args):
+            _, base_, _, _, o_, _, oi_, ost_, _ = args
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            v8 = ir.VectorType(ir.FloatType(), pixels)
+            zero = ir.Constant(v8, [0.0] * pixels)
 
-        def splat(x):
-            v = builder.insert_element(ir.Constant(v8, ir.Undefined), x, ir.Constant(i32, 0))
-            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+            def data(k):  # the data pointer of array argument k
+                return cgutils.create_struct_proxy(signature.args[k])(context, builder, value=args[k]).data
 
-        def at(k: int):
-            return ir.Constant(i64, k)
+            def splat(x):
+                v = builder.insert_element(ir.Constant(v8, ir.Undefined), x, ir.Constant(i32, 0))
+                return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, pixels), [0] * pixels))
 
-        x_ptr, toff_ptr, w_ptr, out_ptr, bias_ptr = data(0), data(2), data(3), data(5), data(8)
-        n_taps = builder.extract_value(cgutils.create_struct_proxy(signature.args[2])(
-            context, builder, value=args[2]).shape, 0)
-        w_cols = builder.extract_value(cgutils.create_struct_proxy(signature.args[3])(
-            context, builder, value=args[3]).shape, 1)
-        entry = builder.block
-        loop = builder.append_basic_block("taps")
-        done = builder.append_basic_block("taps_done")
-        builder.cbranch(builder.icmp_signed(">", n_taps, at(0)), loop, done)
+            def at(k: int):
+                return ir.Constant(i64, k)
 
-        # loop over taps t: acc_j += x[base + toff[t] : +8] * w[t, o + j], j < 8
-        builder.position_at_end(loop)
-        t = builder.phi(i64)
-        accs = [builder.phi(v8) for _ in range(8)]
-        t.add_incoming(at(0), entry)
-        for a in accs:
-            a.add_incoming(zero, entry)
-        off = builder.load(builder.gep(toff_ptr, [t]))
-        xv = builder.load(builder.bitcast(builder.gep(x_ptr, [builder.add(base_, off)]), v8.as_pointer()), align=4)
-        w_row = builder.add(builder.mul(t, w_cols), o_)
-        new_accs = []
-        for j, a in enumerate(accs):
-            w = builder.load(builder.gep(w_ptr, [builder.add(w_row, at(j))]))
-            new_accs.append(builder.fadd(a, builder.fmul(xv, splat(w))))
-        t_next = builder.add(t, at(1))
-        t.add_incoming(t_next, loop)
-        for a, na in zip(accs, new_accs):
-            a.add_incoming(na, loop)
-        builder.cbranch(builder.icmp_signed("<", t_next, n_taps), loop, done)
+            x_ptr, toff_ptr, w_ptr, out_ptr, bias_ptr = data(0), data(2), data(3), data(5), data(8)
+            n_taps = builder.extract_value(cgutils.create_struct_proxy(signature.args[2])(
+                context, builder, value=args[2]).shape, 0)
+            w_cols = builder.extract_value(cgutils.create_struct_proxy(signature.args[3])(
+                context, builder, value=args[3]).shape, 1)
+            entry = builder.block
+            loop = builder.append_basic_block("taps")
+            done = builder.append_basic_block("taps_done")
+            builder.cbranch(builder.icmp_signed(">", n_taps, at(0)), loop, done)
 
-        # + bias, then pixel k of channel o + j to out[oi + k·ostride + j]
-        builder.position_at_end(done)
-        sums = []
-        for j in range(8):
-            r = builder.phi(v8)
-            r.add_incoming(zero, entry)
-            r.add_incoming(new_accs[j], loop)
-            sums.append(r)
-        for j, r in enumerate(sums):
-            r = builder.fadd(r, splat(builder.load(builder.gep(bias_ptr, [builder.add(o_, at(j))]))))
-            for k in range(8):
-                idx = builder.add(builder.add(oi_, builder.mul(at(k), ost_)), at(j))
-                builder.store(builder.extract_element(r, ir.Constant(i32, k)), builder.gep(out_ptr, [idx]))
-        return context.get_dummy_value()
+            # loop over taps t: acc_j += x[base + toff[t] : +8] * w[t, o + j], j < 8
+            builder.position_at_end(loop)
+            t = builder.phi(i64)
+            accs = [builder.phi(v8) for _ in range(8)]
+            t.add_incoming(at(0), entry)
+            for a in accs:
+                a.add_incoming(zero, entry)
+            off = builder.load(builder.gep(toff_ptr, [t]))
+            xv = builder.load(builder.bitcast(builder.gep(x_ptr, [builder.add(base_, off)]), v8.as_pointer()), align=4)
+            w_row = builder.add(builder.mul(t, w_cols), o_)
+            new_accs = []
+            for j, a in enumerate(accs):
+                w = builder.load(builder.gep(w_ptr, [builder.add(w_row, at(j))]))
+                new_accs.append(builder.fadd(a, builder.fmul(xv, splat(w))))
+            t_next = builder.add(t, at(1))
+            t.add_incoming(t_next, loop)
+            for a, na in zip(accs, new_accs):
+                a.add_incoming(na, loop)
+            builder.cbranch(builder.icmp_signed("<", t_next, n_taps), loop, done)
 
-    return sig, codegen
+            # + bias, then pixel k of channel o + j to out[oi + k·ostride + j]
+            builder.position_at_end(done)
+            sums = []
+            for j in range(8):
+                r = builder.phi(v8)
+                r.add_incoming(zero, entry)
+                r.add_incoming(new_accs[j], loop)
+                sums.append(r)
+            for j, r in enumerate(sums):
+                r = builder.fadd(r, splat(builder.load(builder.gep(bias_ptr, [builder.add(o_, at(j))]))))
+                for k in range(pixels):
+                    idx = builder.add(builder.add(oi_, builder.mul(at(k), ost_)), at(j))
+                    builder.store(builder.extract_element(r, ir.Constant(i32, k)), builder.gep(out_ptr, [idx]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return fdot
 
 
 def _make_popdots(pixels: int, lanes: int = 8):
@@ -302,6 +275,135 @@ popdots4 = _make_popdots(4)
 popdots4x16 = _make_popdots(4, 16)
 popdots1x16 = _make_popdots(1, 16)
 popdots1 = _make_popdots(1)
+fdot8x8 = _make_fdot(8)
+fdot16x8 = _make_fdot(16)
+signs8 = _make_signs(8)
+signs16 = _make_signs(16)
+
+
+def _vec_load(context, builder, arr_type, arr, idx, vty, align):
+    """Load a vector of type ``vty`` from numba array ``arr`` at flat element index ``idx``."""
+    data = cgutils.create_struct_proxy(arr_type)(context, builder, value=arr).data
+    return builder.load(builder.bitcast(builder.gep(data, [idx]), vty.as_pointer()), align=align)
+
+
+def _as_i64(builder, typ, v):
+    """An integer argument of numba type ``typ`` as i64."""
+    if typ.bitwidth < 64:
+        return builder.sext(v, ir.IntType(64)) if typ.signed else builder.zext(v, ir.IntType(64))
+    return v
+
+
+def _splat(builder, vty, x):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count))
+
+
+# epilogue flags (the ``flags`` argument of an epilogue intrinsic)
+EPI_RES, EPI_CLAMP, EPI_BITS = 1, 2, 4
+
+
+def _make_epilogue(lanes: int):
+    """An intrinsic ``epi(d, di, cb, ci, mul, add, oc, res, ri, y, yi, nshift, lohi, flags) -> uint64``: one output
+    pixel's ``lanes`` channels ``oc ..`` in registers: ``v = cb[ci+j] − 2·d[di+j]`` (the border-corrected ±1 dot,
+    see :func:`border_table`), ``float32(v·mul + add)`` in float64 (the product is exact, so this is the
+    reference's one rounding), ``+ res[ri+j]`` (``flags & EPI_RES``), clamped to ``lohi`` as ``np.clip`` (NaN stays;
+    ``EPI_CLAMP``), stored to ``y[yi+j]``; returns the next layer's sign bits of ``((y + nshift[oc+j]) − 0) + 0``
+    (bit j; ``EPI_BITS``, else 0), :func:`signs8`'s float ops. One pass, no intermediate row in memory."""
+
+    @intrinsic
+    def epi(typingctx, d, di, cb, ci, mul, add, oc, res, ri, y, yi, nshift, lohi, flags):
+        arrays = {d: types.int32, cb: types.int32, mul: types.float64, add: types.float64, res: types.float32,
+                  y: types.float32, nshift: types.float32, lohi: types.float32}
+        if not all(isinstance(a, types.Array) and a.dtype == t for a, t in arrays.items()) or not all(
+                isinstance(a, types.Integer) for a in (di, ci, oc, ri, yi, flags)):
+            return None
+        sig = types.uint64(d, di, cb, ci, mul, add, oc, res, ri, y, yi, nshift, lohi, flags)
+
+        def codegen(context, builder, signature, args):
+            ta = signature.args
+            i64 = ir.IntType(64)
+            vi = ir.VectorType(ir.IntType(32), lanes)
+            vd = ir.VectorType(ir.DoubleType(), lanes)
+            vf = ir.VectorType(ir.FloatType(), lanes)
+            di_, ci_, oc_, ri_, yi_, fl = (_as_i64(builder, ta[k], args[k]) for k in (1, 3, 6, 8, 10, 13))
+
+            def flag(bit):
+                return builder.icmp_unsigned("!=", builder.and_(fl, ir.Constant(i64, bit)), ir.Constant(i64, 0))
+
+            dv = _vec_load(context, builder, ta[0], args[0], di_, vi, 4)
+            cv = _vec_load(context, builder, ta[2], args[2], ci_, vi, 4)
+            v = builder.sitofp(builder.sub(cv, builder.shl(dv, ir.Constant(vi, [1] * lanes))), vd)
+            m = _vec_load(context, builder, ta[4], args[4], oc_, vd, 8)
+            a = _vec_load(context, builder, ta[5], args[5], oc_, vd, 8)
+            yv = builder.fptrunc(builder.fadd(builder.fmul(v, m), a), vf)
+            before = builder.block
+            with builder.if_then(flag(EPI_RES)):
+                with_res = builder.fadd(yv, _vec_load(context, builder, ta[7], args[7], ri_, vf, 4))
+                res_block = builder.block
+            phi = builder.phi(vf)
+            phi.add_incoming(yv, before)
+            phi.add_incoming(with_res, res_block)
+            yv = phi
+            lohi_ptr = cgutils.create_struct_proxy(ta[12])(context, builder, value=args[12]).data
+            lo = _splat(builder, vf, builder.load(builder.gep(lohi_ptr, [ir.Constant(i64, 0)])))
+            hi = _splat(builder, vf, builder.load(builder.gep(lohi_ptr, [ir.Constant(i64, 1)])))
+            cl = builder.select(builder.fcmp_ordered("<", yv, lo), lo, yv)
+            cl = builder.select(builder.fcmp_ordered(">", cl, hi), hi, cl)
+            yv = builder.select(flag(EPI_CLAMP), cl, yv)
+            ydata = cgutils.create_struct_proxy(ta[9])(context, builder, value=args[9]).data
+            builder.store(yv, builder.bitcast(builder.gep(ydata, [yi_]), vf.as_pointer()), align=4)
+            before = builder.block
+            with builder.if_then(flag(EPI_BITS)):
+                zero = ir.Constant(vf, [0.0] * lanes)
+                shifted = builder.fadd(yv, _vec_load(context, builder, ta[11], args[11], oc_, vf, 4))
+                z = builder.fadd(builder.fsub(shifted, zero), zero)
+                neg = builder.icmp_signed("<", builder.bitcast(z, vi), ir.Constant(vi, [0] * lanes))
+                signs = builder.zext(builder.bitcast(neg, ir.IntType(lanes)), i64)
+                bits_block = builder.block
+            out = builder.phi(i64)
+            out.add_incoming(ir.Constant(i64, 0), before)
+            out.add_incoming(signs, bits_block)
+            return out
+
+        return sig, codegen
+
+    return epi
+
+
+def _make_below(lanes: int):
+    """An intrinsic ``below(d, di, cb, ci, sg, t, oc) -> uint64``: bit j set where ``((cb[ci+j] − 2·d[di+j]) ^
+    sg[oc+j]) − sg[oc+j] < t[oc+j]`` (int32 arrays; ``sg`` 0 or −1 negates): a binary layer's next-layer bits by
+    integer thresholds (:meth:`~rbnn.runtime.plan._BinPrep.bit_thresholds`), ``lanes`` channels at once."""
+
+    @intrinsic
+    def below(typingctx, d, di, cb, ci, sg, t, oc):
+        if not all(isinstance(a, types.Array) and a.dtype == types.int32 for a in (d, cb, sg, t)) or not all(
+                isinstance(a, types.Integer) for a in (di, ci, oc)):
+            return None
+        sig = types.uint64(d, di, cb, ci, sg, t, oc)
+
+        def codegen(context, builder, signature, args):
+            ta = signature.args
+            vi = ir.VectorType(ir.IntType(32), lanes)
+            di_, ci_, oc_ = (_as_i64(builder, ta[k], args[k]) for k in (1, 3, 6))
+            dv = _vec_load(context, builder, ta[0], args[0], di_, vi, 4)
+            v = builder.sub(_vec_load(context, builder, ta[2], args[2], ci_, vi, 4),
+                            builder.shl(dv, ir.Constant(vi, [1] * lanes)))
+            sgv = _vec_load(context, builder, ta[4], args[4], oc_, vi, 4)
+            v = builder.sub(builder.xor(v, sgv), sgv)
+            neg = builder.icmp_signed("<", v, _vec_load(context, builder, ta[5], args[5], oc_, vi, 4))
+            return builder.zext(builder.bitcast(neg, ir.IntType(lanes)), ir.IntType(64))
+
+        return sig, codegen
+
+    return below
+
+
+epi8 = _make_epilogue(8)
+epi16 = _make_epilogue(16)
+below8 = _make_below(8)
+below16 = _make_below(16)
 
 
 # ---- kernels -----------------------------------------------------------------------------------------
@@ -513,189 +615,189 @@ def _row_popcounts(xf, base, step, off, wcol, o_, acc, dots):
             d[o] = np.int32(acc[o])
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _border(ih0, iw0, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots):
-    """Number of taps inside the image. Padding bits are 0, which XOR to the weight bits, so every tap outside
-    the image counted its weight bits: subtract them again (``wpop`` (KH·KW, O), contiguous along O)."""
-    if ih0 >= 0 and ih0 + (kh_ - 1) * dh < h_in and iw0 >= 0 and iw0 + (kw_ - 1) * dw < w_in:
-        return kh_ * kw_
-    nvalid = 0
-    for kh in range(kh_):
-        ih = ih0 + kh * dh
-        for kw in range(kw_):
-            iw = iw0 + kw * dw
-            if 0 <= ih < h_in and 0 <= iw < w_in:
-                nvalid += 1
-            else:
-                for o in range(o_):
-                    dots[o] -= wpop[kh * kw_ + kw, o]
-    return nvalid
+def border_table(wpop: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The border correction of a binary conv as a table, computed once per geometry ``g`` (``G_*``) from the
+    per-tap weight popcounts ``wpop`` (KH·KW, O): ``(cbase (R, Wo, O) int32, rowcls (Ho,) int32)``. Padding bits
+    are 0, which XOR to the weight bits, so a tap outside the image counted its weight bits in the popcount; the
+    ±1 dot over the valid taps is ``C·n_valid − 2·(popcount − Σ_outside wpop) = cbase − 2·popcount`` with
+    ``cbase = C·n_valid + 2·Σ_outside wpop``, which depends on the pixel's column and on which kernel rows leave
+    the image (row class ``rowcls[oh]``: 3 classes for a 3x3 pad-1 conv). The epilogue reads it per value
+    instead of correcting the popcounts in a separate pass over the border pixels."""
+    kh_, kw_, sh, sw, dh, dw, ph, pw = (int(g[k]) for k in (G_KH, G_KW, G_SH, G_SW, G_DH, G_DW, G_PH, G_PW))
+    h_in, w_in, c_, ho, wo = (int(g[k]) for k in (G_H, G_W, G_C, G_HO, G_WO))
+    rows_in = (np.arange(ho)[:, None] * sh - ph + np.arange(kh_)[None, :] * dh)
+    rows_in = (rows_in >= 0) & (rows_in < h_in)  # (Ho, KH)
+    classes, rowcls = np.unique(rows_in, axis=0, return_inverse=True)
+    cols = np.arange(wo)[:, None] * sw - pw + np.arange(kw_)[None, :] * dw
+    cols_in = (cols >= 0) & (cols < w_in)  # (Wo, KW)
+    valid = classes[:, None, :, None] & cols_in[None, :, None, :]  # (R, Wo, KH, KW)
+    valid = valid.reshape(len(classes), wo, kh_ * kw_)
+    outside = (~valid).astype(np.int64) @ wpop.astype(np.int64)  # (R, Wo, O)
+    cbase = c_ * valid.sum(-1, dtype=np.int64)[..., None] + 2 * outside
+    return np.ascontiguousarray(cbase, dtype=np.int32), np.ascontiguousarray(rowcls.reshape(-1), dtype=np.int32)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y):
-    """One output row ``y`` (Wo, O) ``= float32((cn − 2·dot)·mul + add) (+ res) (clamped)`` as the reference: the
-    affine in float64 (``mul``, ``add``: float64 copies of the float32 arrays; the product is exact) rounded once,
-    then the float32 residual add (float32 arithmetic would round twice and differ in the last bit). One simple
-    loop per operation over the whole row, so each vectorizes (int32 -> float64 does on AVX2, int64 does not)."""
+def _epilogue_bits_row(dots, cbr, mul, add, res, ri, flags, lohi, y, nshift, prow, npw):
+    """One output row ``y`` (Wo, O) ``= float32((cbr − 2·dots)·mul + add) (+ res) (clamped)`` as the reference,
+    and, with ``flags & EPI_BITS``, the next layer's sign bits into the pixel words ``prow[npw + ow]`` (channel o
+    at bit o % 64 of word o // 64): one pass per pixel, 16 or 8 channels per :func:`epi16` / :func:`epi8` call
+    (``res`` flat, the row at ``ri``). Channels beyond the last multiple of 8: the same operations one by one."""
     wo, o_ = y.shape
-    two = np.int32(2)
-    if has_res and clamp:  # the Bi-Real block: all three in one pass (each branch-free, so it vectorizes)
+    df, cf, yf = dots.reshape(-1), cbr.reshape(-1), y.reshape(-1)
+    wbits = flags & EPI_BITS != 0
+    if o_ & 15 == 0 and o_ <= 64:  # one word per pixel, whole 16-channel blocks: a straight loop (1.6x at 16)
         for ow in range(wo):
-            c = cn[ow]
-            r = res[n, oh, ow]
-            for o in range(o_):
-                v = np.float32(np.float64(np.int32(c - two * dots[ow, o])) * mul[o] + add[o]) + r[o]
-                y[ow, o] = min(max(v, lo), hi)
+            k = ow * o_
+            acc = np.uint64(0)
+            for o in range(0, o_, 16):
+                acc |= epi16(df, k + o, cf, k + o, mul, add, o, res, ri + k + o, yf, k + o, nshift, lohi, flags) << (
+                    np.uint64(o))
+            if wbits:
+                prow[ow + npw, 0] = acc
         return
+    lanes = 16 if o_ & 15 == 0 else 8
+    ov = o_ - o_ % 8 if lanes == 8 else o_
     for ow in range(wo):
-        c = cn[ow]
-        for o in range(o_):
-            y[ow, o] = np.float32(np.float64(np.int32(c - two * dots[ow, o])) * mul[o] + add[o])
-    if has_res:
-        for ow in range(wo):
-            for o in range(o_):
-                y[ow, o] = y[ow, o] + res[n, oh, ow, o]
-    if clamp:
-        for ow in range(wo):
-            for o in range(o_):
-                y[ow, o] = min(max(y[ow, o], lo), hi)
+        k = ow * o_
+        acc = np.uint64(0)
+        for o in range(0, ov, lanes):
+            if lanes == 16:
+                b = epi16(df, k + o, cf, k + o, mul, add, o, res, ri + k + o, yf, k + o, nshift, lohi, flags)
+            else:
+                b = epi8(df, k + o, cf, k + o, mul, add, o, res, ri + k + o, yf, k + o, nshift, lohi, flags)
+            acc |= b << np.uint64(o & 63)
+            if wbits and (o + lanes) & 63 == 0:
+                prow[ow + npw, o >> 6] = acc
+                acc = np.uint64(0)
+        for o in range(ov, o_):  # O not a multiple of 8: the rest, value by value
+            v = np.float32(np.float64(np.int32(cf[k + o] - np.int32(2) * df[k + o])) * mul[o] + add[o])
+            if flags & EPI_RES:
+                v = v + res[ri + k + o]
+            if flags & EPI_CLAMP:
+                v = min(max(v, lohi[0]), lohi[1])
+            yf[k + o] = v
+            bit = f32_bits(((v + nshift[o]) - np.float32(0.0)) + np.float32(0.0)) >> np.uint32(31) if wbits else 0
+            acc |= np.uint64(bit) << np.uint64(o & 63)
+        if wbits and o_ & 63 != 0:
+            prow[ow + npw, o_ >> 6] = acc
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _row_signs(y, shift, m, prow, npw):
     """The sign bits of one output row ``y`` (Wo, O) as the next binary layer's input, ``((y + shift) - m) + 0``
-    exactly as :func:`pack_rows` (``shift`` per channel, ``m`` = 0 here), into the pixel words ``prow[npw + ow]``,
-    channel o at bit o: 8 channels at a time (:func:`signs8`), each word assembled in a register and stored
-    once; channels beyond the last multiple of 8 one by one."""
+    exactly as :func:`pack_rows` (``shift`` per channel, ``m`` the per-sample mean or 0), into the pixel words
+    ``prow[npw + ow]``, channel o at bit o % 64 of word o // 64: 16 channels at a time (:func:`signs16`), each
+    word assembled in a register and stored once; channels beyond the last multiple of 16 by 8 (:func:`signs8`)
+    and one by one."""
     wo, o_ = y.shape
     yf = y.reshape(-1)
     zero = np.float32(0.0)
-    o8 = o_ >> 3
-    if o_ & 7 == 0 and o_ <= 64:  # one word per pixel, no remainder: a straight loop
+    if o_ & 15 == 0 and o_ <= 64:  # one word per pixel, whole 16-channel blocks: a straight loop
         for ow in range(wo):
             acc = np.uint64(0)
-            for g8 in range(o8):
-                acc |= np.uint64(signs8(yf, ow * o_ + 8 * g8, shift, 8 * g8, m)) << np.uint64(8 * g8)
+            for o in range(0, o_, 16):
+                acc |= signs16(yf, ow * o_ + o, shift, o, m) << np.uint64(o)
             prow[ow + npw, 0] = acc
         return
+    o16 = o_ - o_ % 16
+    o8 = o_ - o_ % 8
     for ow in range(wo):
         base = ow * o_
-        for k in range(prow.shape[1]):
-            acc = np.uint64(0)
-            for g8 in range(8 * k, min(8 * k + 8, o8)):
-                acc |= np.uint64(signs8(yf, base + 8 * g8, shift, 8 * g8, m)) << np.uint64(8 * (g8 - 8 * k))
-            if k == prow.shape[1] - 1:
-                for o in range(8 * o8, o_):
-                    bit = f32_bits(((y[ow, o] + shift[o]) - m) + zero) >> np.uint32(31)
-                    acc |= np.uint64(bit) << np.uint64(o - 64 * k)
-            prow[ow + npw, k] = acc
+        acc = np.uint64(0)
+        for o in range(0, o16, 16):
+            acc |= signs16(yf, base + o, shift, o, m) << np.uint64(o & 63)
+            if (o + 16) & 63 == 0:
+                prow[ow + npw, o >> 6] = acc
+                acc = np.uint64(0)
+        if o8 > o16:  # 8 more (a 16-block never straddles a word; nor does this one)
+            acc |= signs8(yf, base + o16, shift, o16, m) << np.uint64(o16 & 63)
+        for o in range(o8, o_):
+            bit = f32_bits(((yf[base + o] + shift[o]) - m) + zero) >> np.uint32(31)
+            acc |= np.uint64(bit) << np.uint64(o & 63)
+        if o_ & 63 != 0:
+            prow[ow + npw, o_ >> 6] = acc
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_threshold_bits(dots, cn, ithr, prow, npw):
+def _row_threshold_bits(dots, cbr, ithr, prow, npw):
     """The next layer's input bits of one output row straight from the integer dots ``dots`` (Wo, O): channel o
-    is 1 where ``±v < t`` (``v = cn − 2·dot``; ``ithr`` (2, O) int32: 0/−1 for the sign, the threshold ``t``), which
-    :meth:`~rbnn.runtime.plan._BinPrep.bit_thresholds` derived from the float epilogue and the sign, exactly. No
-    float output, no float arithmetic: 8 channels per :func:`below8`."""
+    is 1 where ``±v < t`` (``v = cbr − 2·dot``, :func:`border_table`; ``ithr`` (2, O) int32: 0/−1 for the sign,
+    the threshold ``t``), which :meth:`~rbnn.runtime.plan._BinPrep.bit_thresholds` derived from the float
+    epilogue and the sign, exactly. No float output, no float arithmetic: 16 or 8 channels per :func:`below16` /
+    :func:`below8`."""
     wo, o_ = dots.shape
-    df = dots.reshape(-1)
+    df, cf = dots.reshape(-1), cbr.reshape(-1)
     sg, t = ithr[0], ithr[1]
-    o8 = o_ >> 3
-    if o_ & 7 == 0 and o_ <= 64:  # one word per pixel, no remainder: a straight loop
+    if o_ & 15 == 0 and o_ <= 64:  # one word per pixel, whole 16-channel blocks: a straight loop
         for ow in range(wo):
+            k = ow * o_
             acc = np.uint64(0)
-            c = cn[ow]
-            for g8 in range(o8):
-                acc |= np.uint64(below8(df, ow * o_ + 8 * g8, c, sg, t, 8 * g8)) << np.uint64(8 * g8)
+            for o in range(0, o_, 16):
+                acc |= below16(df, k + o, cf, k + o, sg, t, o) << np.uint64(o)
             prow[ow + npw, 0] = acc
         return
+    lanes = 16 if o_ & 15 == 0 else 8
+    ov = o_ - o_ % 8 if lanes == 8 else o_
     for ow in range(wo):
-        base = ow * o_
-        c = cn[ow]
-        for k in range(prow.shape[1]):
-            acc = np.uint64(0)
-            for g8 in range(8 * k, min(8 * k + 8, o8)):
-                acc |= np.uint64(below8(df, base + 8 * g8, c, sg, t, 8 * g8)) << np.uint64(8 * (g8 - 8 * k))
-            if k == prow.shape[1] - 1:
-                for o in range(8 * o8, o_):
-                    v = c - np.int32(2) * dots[ow, o]
-                    if ((v ^ sg[o]) - sg[o]) < t[o]:
-                        acc |= np.uint64(1) << np.uint64(o - 64 * k)
-            prow[ow + npw, k] = acc
+        k = ow * o_
+        acc = np.uint64(0)
+        for o in range(0, ov, lanes):
+            if lanes == 16:
+                b = below16(df, k + o, cf, k + o, sg, t, o)
+            else:
+                b = below8(df, k + o, cf, k + o, sg, t, o)
+            acc |= b << np.uint64(o & 63)
+            if (o + lanes) & 63 == 0:
+                prow[ow + npw, o >> 6] = acc
+                acc = np.uint64(0)
+        for o in range(ov, o_):
+            v = cf[k + o] - np.int32(2) * df[k + o]
+            if ((v ^ sg[o]) - sg[o]) < t[o]:
+                acc |= np.uint64(1) << np.uint64(o & 63)
+        if o_ & 63 != 0:
+            prow[ow + npw, o_ >> 6] = acc
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _row_scratch(wo, o_, npw, wbits):
     """A thread's scratch for :func:`_conv_row`, allocated once per chunk of rows: the row's dots (Wo, O) int32,
-    the int64 accumulators (O), the border's valid-tap counts (Wo) and correction (O), a float row (Wo, O) for
-    when the float output is not kept, and the next layer's pixel words (with its padding pixels, zero)."""
+    the int64 accumulators (O), a float row (Wo, O) for when the float output is not kept, and the next layer's
+    pixel words (with its padding pixels, zero)."""
     return (
         np.empty((wo, o_), dtype=np.int32),
         np.empty(o_, dtype=np.int64),
-        np.empty(wo, dtype=np.int32),
-        np.empty(o_, dtype=np.int32),
         np.empty((wo, o_), dtype=np.float32),
         np.zeros((wo + 2 * npw if wbits else 0, (o_ + 63) // 64), dtype=np.uint64),
     )
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _conv_row(xf, xw, wcol, wpop, off, g, n, oh, border, sc, mul, add, res, lohi, out, wfloat, wbits, by_threshold,
-              ithr, nshift, nout, rowsum):
-    """Output row ``oh`` of sample ``n`` (see :func:`bconv_kernel`; ``border``: its per-column tables, ``sc``:
-    :func:`_row_scratch`), in phases: the popcounts of every pixel, the border correction, then the next layer's
-    bits by thresholds, or the float epilogue (into ``out`` when ``wfloat``) and the bits by sign (``wbits``);
-    ``rowsum`` (N, Ho) float64, unless empty, gets the row's float64 sum (for the per-sample mean). At most 30
-    arguments: CPython passes more as ``*args``, which numba cannot inline."""
-    kh_, kw_, sh, sw, dh, dw, ph, pw = g[G_KH], g[G_KW], g[G_SH], g[G_SW], g[G_DH], g[G_DW], g[G_PH], g[G_PW]
-    h_in, w_in, c_, o_ = g[G_H], g[G_W], g[G_C], g[G_O]
+def _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, oh, sc, mul, add, resf, lohi, out, wfloat, wbits,
+              by_threshold, ithr, nshift, nout, rowsum):
+    """Output row ``oh`` of sample ``n`` (see :func:`bconv_kernel`; ``sc``: :func:`_row_scratch`), in phases: the
+    popcounts of every pixel, then the next layer's bits by thresholds, or the float epilogue (into ``out`` when
+    ``wfloat``) with the bits by sign (``wbits``), the border corrected by the table ``cbase[rowcls[oh]]``
+    (:func:`border_table`); ``rowsum`` (N, Ho) float64, unless empty, gets the row's float64 sum (for the
+    per-sample mean). At most 30 arguments: CPython passes more as ``*args``, which numba cannot inline."""
+    sh, o_, ho = g[G_SH], g[G_O], g[G_HO]
     nkw, ndw, nph, npw = g[G_NKW], g[G_NDW], g[G_NPH], g[G_NPW]
-    has_res, clamp, lo, hi = g[G_RES] != 0, g[G_CLAMP] != 0, lohi[0], lohi[1]
-    edges, n_edges, cn_inner, inner_col = border
-    dots, acc, cn_edge, row_corr, ybuf, prow = sc
+    dots, acc, ybuf, prow = sc
     hp, wq, rw = xw.shape[1], xw.shape[2], xw.shape[3]
     wo = dots.shape[0]
     # flat indices (12 % faster than 4-D at 16 channels); a pixel's operand: its KH row windows
-    _row_popcounts(xf, (n * hp + oh * sh) * wq * rw + g[G_XOFF], sw * rw, off, wcol, o_, acc, dots)
-    ih0 = oh * sh - ph
-    if ih0 >= 0 and ih0 + (kh_ - 1) * dh < h_in:
-        cn = cn_inner
-        for e in range(n_edges):
-            ow = edges[e]
-            _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
-    else:
-        # a row whose window leaves the image: the kernel rows outside it are one correction vector,
-        # subtracted from every inner column; edge columns (corners) take the full per-tap check
-        cn = cn_edge
-        row_corr[:] = 0
-        rows_in = 0
-        for kh in range(kh_):
-            if 0 <= ih0 + kh * dh < h_in:
-                rows_in += 1
-            else:
-                for kw in range(kw_):
-                    for o in range(o_):
-                        row_corr[o] += wpop[kh * kw_ + kw, o]
-        for ow in range(wo):
-            if inner_col[ow]:
-                d = dots[ow]
-                for o in range(o_):
-                    d[o] -= row_corr[o]
-                cn[ow] = np.int32(c_ * rows_in * kw_)
-            else:
-                nvalid = _border(ih0, ow * sw - pw, kh_, kw_, dh, dw, h_in, w_in, wpop, o_, dots[ow])
-                cn[ow] = np.int32(c_ * nvalid)
+    _row_popcounts(xf, (n * hp + oh * sh) * wq * rw + g[G_XOFF], g[G_SW] * rw, off, wcol, o_, acc, dots)
+    cbr = cbase[rowcls[oh]]
     if by_threshold:
-        _row_threshold_bits(dots, cn, ithr, prow, npw)
+        _row_threshold_bits(dots, cbr, ithr, prow, npw)
         _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
         return
     y = out[n, oh] if wfloat else ybuf
-    _epilogue_row(dots, cn, mul, add, res, n, oh, has_res, clamp, lo, hi, y)
+    flags = (EPI_RES if g[G_RES] != 0 else 0) | (EPI_CLAMP if g[G_CLAMP] != 0 else 0) | (EPI_BITS if wbits else 0)
+    _epilogue_bits_row(dots, cbr, mul, add, resf, (n * ho + oh) * wo * o_, flags, lohi, y, nshift, prow, npw)
     if rowsum.shape[0] != 0:  # while the row is in L1: the second pass needs no serial read of the whole output
         rowsum[n, oh] = _sum64(y.reshape(-1))
     if wbits:
-        _row_signs(y, nshift, np.float32(0.0), prow, npw)
         _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
 
 
@@ -710,50 +812,37 @@ def _sample_bits(out, n, mean, nshift, nkw, ndw, nph, npw, prow, nout):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr):
+def bconv_kernel(xw, wcol, cbase, rowcls, g, mul, add, res, lohi, out, nshift, nout, ithr):
     """Binary conv of row windows ``xw`` (:func:`pack_rows`) with the weights ``wcol`` (KH·Rw, O)
-    (:func:`row_window_weights`), geometry ``g`` (``G_*``): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res)
-    (clamped to ``lohi``)``, written as float32 to ``out`` (N, Ho, Wo, O) when ``g[G_FLOAT]`` and, when
-    ``g[G_BITS]``, binarized with the next binary layer's ``nshift`` (exactly :func:`pack_rows`' float ops) into
-    that layer's row windows ``nout`` (its padding rows zeroed by the caller): the next layer's input is never
-    re-read as floats. With ``g[G_ITHR]`` (bits only, no residual) those bits come from the integer dots by the
-    thresholds ``ithr`` instead (:func:`_row_threshold_bits`): the float epilogue is skipped. With ``g[G_STD]``
-    (the next layer standardizes per sample, as RBNN's activations do) the bits need the whole float output's
-    per-sample mean first: after a sample's rows, a pass over its (cache-hot) output binarizes it exactly as
-    :func:`pack_rows` would (same mean, same float ops), saving the next layer's packing call; samples run in
-    parallel, or, for one sample, the rows and then that pass. One output row at a time, in phases (the
-    popcounts of every pixel, the epilogue, the signs), each a tight loop; rows in chunks so that scratch is
-    allocated once per chunk, not per row. ``g`` must hold ``GEOM_LEN`` entries (a shorter one is refused: its
-    missing flags would be read from beyond its end)."""
+    (:func:`row_window_weights`), geometry ``g`` (``G_*``) and its border table ``cbase``, ``rowcls``
+    (:func:`border_table`): ``(C·n_valid − 2·popcount over valid taps)·mul + add (+ res) (clamped to ``lohi``)``,
+    written as float32 to ``out`` (N, Ho, Wo, O) when ``g[G_FLOAT]`` and, when ``g[G_BITS]``, binarized with the
+    next binary layer's ``nshift`` (exactly :func:`pack_rows`' float ops) into that layer's row windows ``nout``
+    (its padding rows zeroed by the caller): the next layer's input is never re-read as floats. With
+    ``g[G_ITHR]`` (bits only, no residual) those bits come from the integer dots by the thresholds ``ithr``
+    instead (:func:`_row_threshold_bits`): the float epilogue is skipped. With ``g[G_STD]`` (the next layer
+    standardizes per sample, as RBNN's activations do) the bits need the whole float output's per-sample mean
+    first: after a sample's rows, a pass over its (cache-hot) output binarizes it exactly as :func:`pack_rows`
+    would (same mean, same float ops), saving the next layer's packing call; samples run in parallel, or, for
+    one sample, the rows and then that pass. One output row at a time, in phases (the popcounts of every pixel,
+    the epilogue with the signs), each a tight loop; rows in chunks so that scratch is allocated once per chunk,
+    not per row. ``g`` must hold ``GEOM_LEN`` entries and the table match it (else a ValueError: the kernel
+    would read beyond the arrays)."""
     if g.shape[0] != GEOM_LEN:
         raise ValueError("bconv_kernel: the geometry g must have GEOM_LEN entries (kernels.G_*)")
     n_, hp, wq, rw = xw.shape
-    xf = xw.reshape(-1)  # xw is C-contiguous (allocated by the plan)
     kd = wcol.shape[0]
-    kw_, sw, dh, dw, pw, w_in, c_ = g[G_KW], g[G_SW], g[G_DH], g[G_DW], g[G_PW], g[G_W], g[G_C]
-    kh_, ho, wo, o_ = g[G_KH], g[G_HO], g[G_WO], g[G_O]
+    ho, wo, o_ = g[G_HO], g[G_WO], g[G_O]
+    if cbase.shape[1] != wo or cbase.shape[2] != o_ or rowcls.shape[0] != ho:
+        raise ValueError("bconv_kernel: the border table does not match the geometry (kernels.border_table)")
+    xf = xw.reshape(-1)  # xw is C-contiguous (allocated by the plan)
+    resf = res.reshape(-1)  # C-contiguous, read only with g[G_RES]
     nkw, ndw, nph, npw = g[G_NKW], g[G_NDW], g[G_NPH], g[G_NPW]
     wfloat, wbits, by_threshold, std_bits = g[G_FLOAT] != 0, g[G_BITS] != 0, g[G_ITHR] != 0, g[G_STD] != 0
-    rowstep = dh * wq * rw
+    rowstep = g[G_DH] * wq * rw
     off = np.empty(kd, dtype=np.int64)  # operand word i of a pixel: kernel row i // rw, word i % rw
     for i in range(kd):
         off[i] = (i // rw) * rowstep + i % rw
-    # the border: an output column whose window leaves the image (``edges``) and the valid-tap count of every
-    # column in a row whose window stays inside (``cn_inner``): such a row corrects only its edge columns
-    edges = np.empty(wo, dtype=np.int64)
-    n_edges = 0
-    cn_inner = np.empty(wo, dtype=np.int32)
-    inner_col = np.empty(wo, dtype=np.bool_)
-    for ow in range(wo):
-        valid = 0
-        for kw in range(kw_):
-            valid += 1 if 0 <= ow * sw - pw + kw * dw < w_in else 0
-        cn_inner[ow] = np.int32(c_ * kh_ * valid)
-        inner_col[ow] = valid == kw_
-        if valid < kw_:
-            edges[n_edges] = ow
-            n_edges += 1
-    border = (edges, n_edges, cn_inner, inner_col)
     rows = n_ * ho
     rowsum = np.empty((n_, ho) if std_bits else (0, 0), dtype=np.float64)
     count = ho * wo * o_
@@ -761,17 +850,17 @@ def bconv_kernel(xw, wcol, wpop, g, mul, add, res, lohi, out, nshift, nout, ithr
         for n in prange(n_):
             sc = _row_scratch(wo, o_, npw, True)
             for oh in range(ho):
-                _conv_row(xf, xw, wcol, wpop, off, g, n, oh, border, sc, mul, add, res, lohi, out, True, False, False,
-                          ithr, nshift, nout, rowsum)
-            _sample_bits(out, n, _mean_of_row_sums(rowsum, n, count), nshift, nkw, ndw, nph, npw, sc[5], nout)
+                _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, oh, sc, mul, add, resf, lohi, out, True, False,
+                          False, ithr, nshift, nout, rowsum)
+            _sample_bits(out, n, _mean_of_row_sums(rowsum, n, count), nshift, nkw, ndw, nph, npw, sc[3], nout)
         return
     chunks = _chunks(rows)
     for t in prange(chunks):
         sc = _row_scratch(wo, o_, npw, wbits)
         for r in range(t * rows // chunks, (t + 1) * rows // chunks):
             n = r // ho
-            _conv_row(xf, xw, wcol, wpop, off, g, n, r - n * ho, border, sc, mul, add, res, lohi, out, wfloat, wbits,
-                      by_threshold, ithr, nshift, nout, rowsum)
+            _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, r - n * ho, sc, mul, add, resf, lohi, out, wfloat,
+                      wbits, by_threshold, ithr, nshift, nout, rowsum)
     if std_bits:  # one sample: a second pass over the whole output, after its per-sample mean
         mean = _mean_of_row_sums(rowsum, 0, count)
         for t in prange(chunks):
@@ -827,6 +916,7 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out):
     of = out.reshape(-1)
     blocks = sw == 1 and o_ % 8 == 0  # contiguous pixels, whole blocks of 8 channels: fdot8x8
     wo8 = wo - wo % 8 if blocks else 0
+    wo16 = wo - wo % 16 if blocks else 0
     rows = n_ * ho
     chunks = _chunks(rows)
     for t in prange(chunks):
@@ -837,7 +927,10 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out):
             if blocks:
                 base = n * c_ * hp * wp + oh * sh * wp
                 obase = (n * ho + oh) * wo * o_
-                for ow in range(0, wo8, 8):
+                for ow in range(0, wo16, 16):
+                    for o in range(0, o_, 8):
+                        fdot16x8(xf, base + ow, toff, wflat, o, of, obase + ow * o_ + o, o_, bias)
+                for ow in range(wo16, wo8, 8):
                     for o in range(0, o_, 8):
                         fdot8x8(xf, base + ow, toff, wflat, o, of, obase + ow * o_ + o, o_, bias)
                 for ow in range(wo8, wo):
@@ -1002,7 +1095,7 @@ def warmup() -> None:
     bconv_kernel(
         xp,
         np.zeros((3, 5), np.uint64),
-        np.zeros((9, 5), np.int32),
+        *border_table(np.zeros((9, 5), np.int32), g),
         g,
         np.ones(5, np.float64),
         np.zeros(5, np.float64),

@@ -21,6 +21,7 @@ from .kernels import (
     affine_clamp_kernel,
     avgpool_kernel,
     bconv_kernel,
+    border_table,
     fconv_kernel,
     flinear_kernel,
     gap_kernel,
@@ -70,6 +71,8 @@ class _Bound(NamedTuple):
     """A binary conv's kernel call for one input shape, without its arrays (:meth:`_BinPrep.bind`)."""
 
     g: np.ndarray  # int64 geometry (kernels.G_*)
+    cbase: np.ndarray  # the border table (kernels.border_table): per row class, column and channel
+    rowcls: np.ndarray  # the row class of every output row
     lohi: np.ndarray  # the clamp bounds, float32
     oshape: tuple[int, ...]  # the float output's (and residual's) shape
     nshape: tuple[int, ...] | None  # the next layer's row windows' shape, when this conv writes them
@@ -143,7 +146,7 @@ class _BinPrep:
     def _layout(self, h: int, w: int, flags: tuple[int, ...], nxt: _BinPrep | None, clamp, xoff: int = 0) -> tuple:
         """Per input size, flags, next layer and clamp, computed once: the kernel's int64 geometry (``G_*``), the
         per-sample shapes of the float output and of the next layer's row windows, the clamp bounds as float32,
-        and the word operations per sample (the thread policy's work)."""
+        the word operations per sample (the thread policy's work) and the border table (``border_table``)."""
         key = (h, w, flags, id(nxt), clamp, xoff)
         lay = self._layouts.get(key)
         if lay is None:
@@ -155,7 +158,8 @@ class _BinPrep:
             g = np.array(geom, dtype=np.int64)
             nshape = (ho + 2 * nph, wo + 2 * npw - ndw * (nkw - 1), nxt.rw) if nxt is not None else None
             lohi = np.array(clamp if clamp is not None else (0.0, 0.0), dtype=np.float32)
-            lay = (g, (ho, wo, o), nshape, lohi, ho * wo * o * kh * self.rw)
+            cbase, rowcls = border_table(self.wpop, g)
+            lay = (g, (ho, wo, o), nshape, lohi, ho * wo * o * kh * self.rw, cbase, rowcls)
             if len(self._layouts) < 256:
                 self._layouts[key] = lay
         return lay
@@ -207,9 +211,9 @@ class _BinPrep:
         ithr = self.bit_thresholds(nxt, cl) if bits and not want_float and not has_res else None
         flags = (int(has_res), int(cl is not None), int(want_float), int(bits and not std), int(ithr is not None),
                  int(std))
-        g, oshape, nshape, lohi, work = self._layout(h, w, flags, nxt, cl, xoff)
+        g, oshape, nshape, lohi, work, cbase, rowcls = self._layout(h, w, flags, nxt, cl, xoff)
         return _Bound(
-            g, lohi, (n, *oshape), (n, *nshape) if bits else None, want_float, n * work < SERIAL_BELOW,
+            g, cbase, rowcls, lohi, (n, *oshape), (n, *nshape) if bits else None, want_float, n * work < SERIAL_BELOW,
             nxt.shift if bits else _DUMMY_SHIFT, _DUMMY_THRESHOLDS if ithr is None else ithr,
         )
 
@@ -221,7 +225,7 @@ class _BinPrep:
         # the kernel writes every row of the next layer's row windows but its padding rows: those stay zero
         nout = _DUMMY_BITS if b.nshape is None else self.buffers.get((name, "bits"), b.nshape, np.uint64, zeroed=True)
         mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
-        args = (xp, self.wcol, self.wpop, b.g, mul, add, _DUMMY4 if res is None else res, b.lohi, out, b.nshift,
+        args = (xp, self.wcol, b.cbase, b.rowcls, b.g, mul, add, _DUMMY4 if res is None else res, b.lohi, out, b.nshift,
                 nout, b.ithr)
         if switch_in_plan(b.serial):
             bconv_kernel(*args)
