@@ -127,3 +127,24 @@ def test_downsampling_shortcut_reads_its_siblings_windows(method, tmp_path):
     for n in (1, 3):
         x = rand_input(size, n, seed=n)
         np.testing.assert_array_equal(fast.predict(x), ref.predict(x))
+
+
+@pytest.mark.parametrize("name,method", [("resnet20", "xnor"), ("resnet20_bireal", "rbnn"), ("resnet18_cifar", "rbnn")])
+def test_float_stem_writes_the_first_binary_layers_windows(name, method, tmp_path):
+    """The float stem conv binarizes its own output into the first binary layer's row windows (by sign, or by
+    RBNN's per-sample mean after each sample), so that layer packs nothing; every binary layer's integers and
+    the logits stay equal to the reference engine's, one image and several (the per-sample path)."""
+    from rbnn.runtime.plan import _BinStep
+
+    m, size = _build(name, method, seed=5)
+    p = tmp_path / "m.rbnn"
+    deploy.export(m, p, input_shape=size)
+    fast, ref = deploy.load(p, backend="fast"), deploy.load(p, backend="reference")
+    first = [fn for _, _, fn in fast.ops.steps if isinstance(fn, _BinStep)][0]
+    assert first.packed_in and {n.name: n for n in fast.graph.nodes}[first.src].op in ("conv", "hardtanh")
+    for n in (1, 3):
+        x = rand_input(size, n, seed=n)
+        lf, lr = fast.layer_outputs(x), ref.layer_outputs(x)
+        for k in lr:
+            np.testing.assert_array_equal(lf[k], lr[k])
+        np.testing.assert_array_equal(fast.predict(x), ref.predict(x))

@@ -433,6 +433,8 @@ G_STD = 23  # the next layer's bits by the per-sample mean of this layer's float
 # another layer's 3-tap windows of the same input (a downsampling block's shortcut; see plan._BinStep)
 G_XOFF = 24
 GEOM_LEN = 25
+# the next binary layer a float conv binarizes its output for (fconv_kernel's ``ng``): flags, then geometry
+NG_BITS, NG_STD, NG_NKW, NG_NDW, NG_NPH, NG_NPW = range(6)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -893,15 +895,68 @@ def row_window_weights(w: np.ndarray, c_in: int) -> np.ndarray:
     return np.ascontiguousarray(d[:, :, :rw].reshape(o, kh * rw).T)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _fconv_row(xf, xp, wt, wflat, toff, bias, sh, sw, dh, dw, clamp, lo, hi, out, of, n, oh, blocks, wo8, wo16, acc):
+    """Output row ``oh`` of sample ``n`` of :func:`fconv_kernel` (``acc``: the row-accumulator path's scratch)."""
+    c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
+    kh_, kw_, o_ = wt.shape[0], wt.shape[1], wt.shape[3]
+    ho, wo = out.shape[1], out.shape[2]
+    nt = kh_ * kw_ * c_
+    if blocks:
+        base = n * c_ * hp * wp + oh * sh * wp
+        obase = (n * ho + oh) * wo * o_
+        for ow in range(0, wo16, 16):
+            for o in range(0, o_, 8):
+                fdot16x8(xf, base + ow, toff, wflat, o, of, obase + ow * o_ + o, o_, bias)
+        for ow in range(wo16, wo8, 8):
+            for o in range(0, o_, 8):
+                fdot8x8(xf, base + ow, toff, wflat, o, of, obase + ow * o_ + o, o_, bias)
+        for ow in range(wo8, wo):
+            for o in range(o_):
+                s = np.float32(0.0)
+                for k in range(nt):
+                    s += xf[base + toff[k] + ow] * wflat[k, o]
+                out[n, oh, ow, o] = s + bias[o]
+    else:
+        acc[:] = 0.0
+        for kh in range(kh_):
+            ih = oh * sh + kh * dh
+            for kw in range(kw_):
+                for c in range(c_):
+                    row = xp[n, c, ih, kw * dw :]
+                    if sw == 1:
+                        for o in range(o_):
+                            wv = wt[kh, kw, c, o]
+                            for ow in range(wo):
+                                acc[o, ow] += row[ow] * wv
+                    else:
+                        for o in range(o_):
+                            wv = wt[kh, kw, c, o]
+                            for ow in range(wo):
+                                acc[o, ow] += row[ow * sw] * wv
+        for ow in range(wo):
+            for o in range(o_):
+                out[n, oh, ow, o] = acc[o, ow] + bias[o]
+    if clamp:  # a fused Hardtanh, as np.clip (a NaN stays NaN)
+        for ow in range(wo):
+            for o in range(o_):
+                out[n, oh, ow, o] = min(max(out[n, oh, ow, o], lo), hi)
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out):
+def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out, nshift, nout, ng):
     """Float direct conv of planar, zero-padded ``xp`` (N, C, H+2ph, W+2pw) with ``wt`` (KH, KW, C, O) into NHWC
     ``out``, every output the float32 sum over the taps (kh, kw, c) in the reference's order, then the bias. At
-    stride 1 with whole blocks of 8 channels, blocks of 8 pixels x 8 channels in registers (:func:`fdot8x8`);
-    otherwise, per output row, for every tap and output channel one loop over the row's pixels adds ``x·w`` to
-    a (O, Wo) float32 accumulator. The padding taps add 0·w = ±0 like the reference's, which changes nothing.
-    For the float first layer (C = 3): no im2col copy, and no BLAS call whose spinning worker threads would
-    steal the cores from the binary layers that follow. ``clamp``: then clamp to [lo, hi] (a fused Hardtanh)."""
+    stride 1 with whole blocks of 8 channels, blocks of 16 and 8 pixels x 8 channels in registers
+    (:func:`fdot16x8`, :func:`fdot8x8`); otherwise, per output row, for every tap and output channel one loop
+    over the row's pixels adds ``x·w`` to a (O, Wo) float32 accumulator. The padding taps add 0·w = ±0 like the
+    reference's, which changes nothing. For the float first layer (C = 3): no im2col copy, and no BLAS call whose
+    spinning worker threads would steal the cores from the binary layers that follow. ``clamp``: then clamp to
+    [lo, hi] (a fused Hardtanh). ``ng`` (``NG_*``): with ``ng[NG_BITS]`` the next binary layer's row windows
+    ``nout`` (kernel width, dilation, padding ``ng[NG_NKW:]``; padding rows zeroed by the caller) binarized with
+    its ``nshift`` as :func:`pack_rows` would, row by row while the row is in cache; with ``ng[NG_STD]`` by the
+    per-sample mean of the output, after each sample (as :func:`bconv_kernel`'s ``G_STD``): the binary layer
+    that reads this output then packs nothing."""
     n_, c_, hp, wp = xp.shape
     kh_, kw_, _, o_ = wt.shape
     ho, wo = out.shape[1], out.shape[2]
@@ -914,55 +969,39 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out):
                 toff[(kh * kw_ + kw) * c_ + c] = (c * hp + kh * dh) * wp + kw * dw
     xf = xp.reshape(-1)
     of = out.reshape(-1)
-    blocks = sw == 1 and o_ % 8 == 0  # contiguous pixels, whole blocks of 8 channels: fdot8x8
+    blocks = sw == 1 and o_ % 8 == 0  # contiguous pixels, whole blocks of 8 channels: fdot16x8 / fdot8x8
     wo8 = wo - wo % 8 if blocks else 0
     wo16 = wo - wo % 16 if blocks else 0
+    bits, std = ng[NG_BITS] != 0, ng[NG_STD] != 0
+    nkw, ndw, nph, npw = ng[NG_NKW], ng[NG_NDW], ng[NG_NPH], ng[NG_NPW]
+    count = ho * wo * o_
+    if std and n_ > 1:  # sample by sample: a sample's output is still in cache when its bits are made
+        for n in prange(n_):
+            acc = np.empty((0 if blocks else o_, wo), dtype=np.float32)
+            prow = np.zeros((wo + 2 * npw, (o_ + 63) // 64), dtype=np.uint64)
+            s = 0.0
+            for oh in range(ho):
+                _fconv_row(xf, xp, wt, wflat, toff, bias, sh, sw, dh, dw, clamp, lo, hi, out, of, n, oh, blocks,
+                           wo8, wo16, acc)
+                s += _sum64(out[n, oh].reshape(-1))
+            _sample_bits(out, n, np.float32(s / count), nshift, nkw, ndw, nph, npw, prow, nout)
+        return
     rows = n_ * ho
     chunks = _chunks(rows)
     for t in prange(chunks):
         acc = np.empty((0 if blocks else o_, wo), dtype=np.float32)  # the row-accumulator path's only
+        prow = np.zeros((wo + 2 * npw if bits else 0, (o_ + 63) // 64), dtype=np.uint64)
         for r in range(t * rows // chunks, (t + 1) * rows // chunks):
             n = r // ho
             oh = r - n * ho
-            if blocks:
-                base = n * c_ * hp * wp + oh * sh * wp
-                obase = (n * ho + oh) * wo * o_
-                for ow in range(0, wo16, 16):
-                    for o in range(0, o_, 8):
-                        fdot16x8(xf, base + ow, toff, wflat, o, of, obase + ow * o_ + o, o_, bias)
-                for ow in range(wo16, wo8, 8):
-                    for o in range(0, o_, 8):
-                        fdot8x8(xf, base + ow, toff, wflat, o, of, obase + ow * o_ + o, o_, bias)
-                for ow in range(wo8, wo):
-                    for o in range(o_):
-                        s = np.float32(0.0)
-                        for k in range(nt):
-                            s += xf[base + toff[k] + ow] * wflat[k, o]
-                        out[n, oh, ow, o] = s + bias[o]
-            else:
-                acc[:] = 0.0
-                for kh in range(kh_):
-                    ih = oh * sh + kh * dh
-                    for kw in range(kw_):
-                        for c in range(c_):
-                            row = xp[n, c, ih, kw * dw :]
-                            if sw == 1:
-                                for o in range(o_):
-                                    wv = wt[kh, kw, c, o]
-                                    for ow in range(wo):
-                                        acc[o, ow] += row[ow] * wv
-                            else:
-                                for o in range(o_):
-                                    wv = wt[kh, kw, c, o]
-                                    for ow in range(wo):
-                                        acc[o, ow] += row[ow * sw] * wv
-                for ow in range(wo):
-                    for o in range(o_):
-                        out[n, oh, ow, o] = acc[o, ow] + bias[o]
-            if clamp:  # a fused Hardtanh, as np.clip (a NaN stays NaN)
-                for ow in range(wo):
-                    for o in range(o_):
-                        out[n, oh, ow, o] = min(max(out[n, oh, ow, o], lo), hi)
+            _fconv_row(xf, xp, wt, wflat, toff, bias, sh, sw, dh, dw, clamp, lo, hi, out, of, n, oh, blocks, wo8,
+                       wo16, acc)
+            if bits and not std:
+                _row_signs(out[n, oh], nshift, np.float32(0.0), prow, npw)
+                _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
+    if std:  # one sample: its mean, then a second pass over its output
+        prow = np.zeros((wo + 2 * npw, (o_ + 63) // 64), dtype=np.uint64)
+        _sample_bits(out, 0, _sample_mean(out.reshape(1, -1), 0), nshift, nkw, ndw, nph, npw, prow, nout)
 
 
 @njit(cache=True, nogil=True)
@@ -1108,7 +1147,8 @@ def warmup() -> None:
     )
     z2 = np.zeros(2, np.float32)
     fconv_kernel(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 1, 3, 2), np.float32), z2, 1, 1, 1, 1,
-                 True, np.float32(-1), np.float32(1), np.empty((1, 2, 2, 2), np.float32))
+                 True, np.float32(-1), np.float32(1), np.empty((1, 2, 2, 2), np.float32), z2,
+                 np.zeros((1, 4, 2, 1), np.uint64), np.array([1, 1, 3, 1, 1, 1], np.int64))
     gap_kernel(x, np.empty((1, 1, 1, 3), np.float32))
     flinear_kernel(x.reshape(4, 3), np.zeros((3, 2), np.float32), z2, np.empty((4, 2), np.float32))
     maxpool_kernel(x, 2, 2, 2, 2, 0, 0, 1, 1, np.empty((1, 1, 1, 3), np.float32))

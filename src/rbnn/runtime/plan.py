@@ -18,6 +18,12 @@ from .buffers import StepBuffers
 from .format import Node, PackedGraph
 from .kernels import (
     LITTLE_ENDIAN,
+    NG_BITS,
+    NG_NDW,
+    NG_NKW,
+    NG_NPH,
+    NG_NPW,
+    NG_STD,
     affine_clamp_kernel,
     avgpool_kernel,
     bconv_kernel,
@@ -63,6 +69,7 @@ _DUMMY4 = np.zeros((1, 1, 1, 1), dtype=np.float32)
 _DUMMY_BITS = np.zeros((1, 1, 1, 1), dtype=np.uint64)
 _DUMMY_SHIFT = np.zeros(1, dtype=np.float32)
 _DUMMY_THRESHOLDS = np.zeros((2, 1), dtype=np.int32)
+_NO_BITS = np.zeros(6, dtype=np.int64)  # fconv_kernel's ng (kernels.NG_*): no next-layer bits
 BITS = "bits"  # env[(name, BITS)]: the row windows a fused binary step wrote for its binary reader
 SHARED = "shared"  # env[(input, SHARED)]: a 3x3 step's row windows of an input that a 1x1 step reads too
 
@@ -388,6 +395,11 @@ class FastOps(ref.ReferenceOps):
 
     def conv(self, node: Node, x: np.ndarray, clamp=None) -> np.ndarray:
         """Float conv; ``clamp``: a fused Hardtanh's (min, max)."""
+        return self.conv_bits(node, x, clamp)[0]
+
+    def conv_bits(self, node: Node, x: np.ndarray, clamp=None, nxt: _BinPrep | None = None):
+        """Float conv (``clamp``: a fused Hardtanh's (min, max)): ``(float32 output, the row windows of binary layer
+        ``nxt``'s input or None)``: with ``nxt`` the kernel binarizes its output for ``nxt`` as ``nxt.pack`` would."""
         (ph, pw), (sh, sw), (dh, dw) = node.attrs["padding"], node.attrs["stride"], node.attrs["dilation"]
         wt = self._float_weight(node)
         kh, kw, _, o = wt.shape
@@ -398,10 +410,18 @@ class FastOps(ref.ReferenceOps):
         # planar and zero-padded (see the kernel): only the interior is written, so a kept copy's border stays 0
         xp = self.buffers.get((node.name, "in"), (n, c, h + 2 * ph, wd + 2 * pw), np.float32, zeroed=True)
         xp[:, :, ph : ph + h, pw : pw + wd] = x.transpose(0, 3, 1, 2)
+        nout, nshift, ng = _DUMMY_BITS, _DUMMY_SHIFT, _NO_BITS
+        if nxt is not None:
+            (nph, npw), nkw, ndw = nxt.pad, nxt.kshape[2], nxt.dil[1]
+            ho, wo = oshape[1], oshape[2]
+            nshape = (n, ho + 2 * nph, wo + 2 * npw - ndw * (nkw - 1), nxt.rw)
+            nout = self.buffers.get((node.name, "bits"), nshape, np.uint64, zeroed=True)  # padding rows stay 0
+            nshift, ng = nxt.shift, np.zeros(len(_NO_BITS), np.int64)
+            ng[[NG_BITS, NG_STD, NG_NKW, NG_NDW, NG_NPH, NG_NPW]] = (1, nxt.standardize, nkw, ndw, nph, npw)
         with serial_if_small(out.size * c * kh * kw // 8):
             lo, hi = np.float32(clamp[0] if clamp else 0), np.float32(clamp[1] if clamp else 0)
-            fconv_kernel(xp, wt, node.arrays["bias"], sh, sw, dh, dw, clamp is not None, lo, hi, out)
-        return out
+            fconv_kernel(xp, wt, node.arrays["bias"], sh, sw, dh, dw, clamp is not None, lo, hi, out, nshift, nout, ng)
+        return out, (nout if nxt is not None else None)
 
     def linear(self, node: Node, x: np.ndarray) -> np.ndarray:
         if x.ndim != 2:
@@ -497,6 +517,7 @@ class FastOps(ref.ReferenceOps):
         skip: set[str] = set()
         steps = []  # (position, result name, first node of the group, callable(env) -> array)
         bins = []  # binary groups: (first node, last node's name, residual's name, clamp)
+        fconvs = []  # float convs: (node, last node's name, clamp)
 
         def sole_reader(name: str, op: str) -> Node | None:
             rs = readers[name]
@@ -531,14 +552,32 @@ class FastOps(ref.ReferenceOps):
                     skip.add(pd.name)
                     steps.append((pos[pd.name], pd.name, n, self._slice_pad_step(n, pd)))
                     continue
-            if n.op in ("conv", "affine"):  # a Hardtanh that follows is clamped inside the same kernel
+            if n.op == "conv":  # a Hardtanh that follows is clamped inside the same kernel
+                ht = sole_reader(n.name, "hardtanh")
+                clamp, last = (None, n) if ht is None else ((ht.attrs["min"], ht.attrs["max"]), ht)
+                skip.add(last.name)
+                steps.append((pos[last.name], last.name, n, None))
+                fconvs.append((n, last.name, clamp))
+                continue
+            if n.op == "affine":  # a Hardtanh that follows is clamped inside the same kernel
                 ht = sole_reader(n.name, "hardtanh")
                 if ht is not None:
                     skip.add(ht.name)
                     steps.append((pos[ht.name], ht.name, n, self._clamped_step(n, (ht.attrs["min"], ht.attrs["max"]))))
                     continue
             steps.append((pos[n.name], n.name, n, self._plain_step(n)))
-        bin_steps = self._bin_steps(bins, readers, pos)
+        # a float conv (the stem) whose only binary reader binarizes per channel or per sample writes that
+        # reader's row windows itself (the reader packs nothing)
+        firsts = {first.name for first, _, _, _ in bins}
+        float_feeds: dict[str, Node] = {}
+        for n, last, _ in fconvs:
+            binary = [r for r in readers[last] if r.op in ("bconv", "blinear")]
+            if len(binary) == 1 and binary[0].name in firsts and self._reads_bits(binary[0], last):
+                float_feeds[n.name] = binary[0]
+        bin_steps = self._bin_steps(bins, readers, pos, {c.name for c in float_feeds.values()})
+        for n, last, clamp in fconvs:
+            c = float_feeds.get(n.name)
+            bin_steps[n.name] = self._float_conv_step(n, clamp, last, None if c is None else self._p(c))
         steps = [(k, name, node, fn or bin_steps[node.name]) for k, name, node, fn in sorted(steps, key=lambda s: s[0])]
         self.input_name, self.output_name = nodes[0].name, out_name
         self.steps = [(name, _KIND.get(node.op, "other"), fn) for _, name, node, fn in steps]
@@ -590,17 +629,19 @@ class FastOps(ref.ReferenceOps):
         times["other"] += max(0.0, time.perf_counter() - start - sum(times.values()))
         return times
 
-    def _bin_steps(self, bins: list[tuple], readers: dict[str, list[Node]], pos: dict[str, int]) -> dict[str, _BinStep]:
+    def _bin_steps(self, bins: list[tuple], readers: dict[str, list[Node]], pos: dict[str, int],
+                   float_fed: set[str]) -> dict[str, _BinStep]:
         """A :class:`_BinStep` per binary group (by its first node's name). A group whose only binary reader is
         the bconv of the next group, thresholding per channel (or not at all), writes that reader's row windows
-        in its epilogue, and its floats only when someone else reads them (a residual path, the output)."""
+        in its epilogue, and its floats only when someone else reads them (a residual path, the output).
+        ``float_fed``: the groups whose row windows a float conv writes."""
         firsts = {first.name for first, _, _, _ in bins}
         feeds: dict[str, Node] = {}
         for first, last, _, _ in bins:
             binary = [r for r in readers[last] if r.op in ("bconv", "blinear")]
             if len(binary) == 1 and binary[0].name in firsts and self._feeds_bits(first, binary[0], last):
                 feeds[first.name] = binary[0]
-        packed_in = {c.name for c in feeds.values()}
+        packed_in = {c.name for c in feeds.values()} | float_fed
         steps = {}
         for first, last, res_name, clamp in bins:
             c = feeds.get(first.name)
@@ -618,13 +659,29 @@ class FastOps(ref.ReferenceOps):
 
     def _feeds_bits(self, producer: Node, consumer: Node, last: str) -> bool:
         """Whether ``producer``'s epilogue can binarize ``consumer``'s input (``last``, its group's result)."""
-        p, c = self._p(producer), self._p(consumer)
+        return producer.op == "bconv" and not self._p(producer).ternary and self._reads_bits(consumer, last)
+
+    def _reads_bits(self, consumer: Node, last: str) -> bool:
+        """Whether binary ``consumer`` can read its input ``last`` as row windows its producer wrote: a direct
+        bconv (not ternary) binarizing by sign (zero -> +1) after no transform, a shift or the per-sample mean."""
         at = consumer.attrs
         return (
-            producer.op == "bconv" and consumer.op == "bconv" and not p.ternary and not c.ternary
-            and consumer.inputs[0] == last and at.get("zero") == 1
-            and at["act_transform"] in ("none", "shift", "standardize_sample")
+            consumer.op == "bconv" and not self._p(consumer).ternary and consumer.inputs[0] == last
+            and at.get("zero") == 1 and at["act_transform"] in ("none", "shift", "standardize_sample")
         )
+
+    def _float_conv_step(self, node: Node, clamp, last: str, nxt: _BinPrep | None):
+        """A float conv (with its Hardtanh's clamp, or None); with ``nxt``, also binarizing its output into the
+        row windows ``env[(last, BITS)]`` that binary layer ``nxt`` reads."""
+        src = node.inputs[0]
+        if nxt is None:
+            return lambda env: self.conv(node, env[src], clamp)
+
+        def run(env: dict) -> np.ndarray:
+            out, env[(last, BITS)] = self.conv_bits(node, env[src], clamp, nxt)
+            return out
+
+        return run
 
     def _slice_pad_step(self, sl: Node, pad: Node):
         src = sl.inputs[0]
