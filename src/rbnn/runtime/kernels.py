@@ -988,6 +988,7 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out, nshift, nout,
         return
     rows = n_ * ho
     chunks = _chunks(rows)
+    rowsum = np.empty((n_, ho) if std else (0, 0), dtype=np.float64)
     for t in prange(chunks):
         acc = np.empty((0 if blocks else o_, wo), dtype=np.float32)  # the row-accumulator path's only
         prow = np.zeros((wo + 2 * npw if bits else 0, (o_ + 63) // 64), dtype=np.uint64)
@@ -996,12 +997,18 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out, nshift, nout,
             oh = r - n * ho
             _fconv_row(xf, xp, wt, wflat, toff, bias, sh, sw, dh, dw, clamp, lo, hi, out, of, n, oh, blocks, wo8,
                        wo16, acc)
-            if bits and not std:
+            if std:  # while the row is in cache
+                rowsum[n, oh] = _sum64(out[n, oh].reshape(-1))
+            elif bits:
                 _row_signs(out[n, oh], nshift, np.float32(0.0), prow, npw)
                 _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
-    if std:  # one sample: its mean, then a second pass over its output
-        prow = np.zeros((wo + 2 * npw, (o_ + 63) // 64), dtype=np.uint64)
-        _sample_bits(out, 0, _sample_mean(out.reshape(1, -1), 0), nshift, nkw, ndw, nph, npw, prow, nout)
+    if std:  # one sample: its mean, then a second pass over its output, rows in parallel
+        mean = _mean_of_row_sums(rowsum, 0, count)
+        for t in prange(chunks):
+            prow = np.zeros((wo + 2 * npw, (o_ + 63) // 64), dtype=np.uint64)
+            for oh in range(t * ho // chunks, (t + 1) * ho // chunks):
+                _row_signs(out[0, oh], nshift, mean, prow, npw)
+                _row_windows(prow, nkw, ndw, o_, nout, 0, oh + nph)
 
 
 @njit(cache=True, nogil=True)
