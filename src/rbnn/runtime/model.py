@@ -11,7 +11,7 @@ from ..errors import RbnnError
 from . import format as fmt
 from . import shapes
 from .format import Node, PackedFormatError, PackedGraph
-from .plan import FastOps
+from .plan import FastOps, to_internal
 from .reference import ReferenceOps
 
 BACKENDS = ("reference", "fast")
@@ -65,13 +65,13 @@ class PackedModel:
         raise KeyError(f"no binary layer named {module!r}; have: {', '.join(self.binary_layers)}")
 
     # ---- running -------------------------------------------------------------------------------------
-    def _to_internal(self, x: np.ndarray) -> np.ndarray:
+    def _batched(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as float32 with a batch axis (the model's layout: NCHW for images)."""
         x = np.asarray(x, dtype=np.float32)
-        if x.ndim == len(self.input_shape):
-            x = x[None]
-        if x.ndim == 4:
-            return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        return np.ascontiguousarray(x)
+        return x[None] if x.ndim == len(self.input_shape) else x
+
+    def _to_internal(self, x: np.ndarray) -> np.ndarray:
+        return to_internal(self._batched(x))
 
     def _input_error(self, problem: str) -> PackedInputError:
         return PackedInputError(f"{self.path or 'packed model'}: {problem}")
@@ -119,7 +119,7 @@ class PackedModel:
             return np.zeros((0, *shp[self.graph.output]), dtype=np.float32), dots
         run_plan = self.ops.plan if (hasattr(self.ops, "plan") and not record) else None
         if run_plan is not None:
-            out = run_plan(self._to_internal(x))
+            out = run_plan(self._batched(x))  # each tile goes to the internal layout on its own thread
         else:
             for node in self.nodes:
                 if node.op == "input":

@@ -337,6 +337,11 @@ class _BinStep:
         return np.ascontiguousarray(env[self.res_name], dtype=np.float32)
 
 
+def to_internal(x: np.ndarray) -> np.ndarray:
+    """A batch in the model's layout (NCHW images) as the engine's internal one (NHWC, C-contiguous)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
+
+
 def _nhwc_slices(node: Node) -> list[tuple]:
     """A 4-D ``slice`` node's (start, stop, step) per NHWC axis (it stores them in NCHW order)."""
     n, c, h, w = node.attrs["nchw_slices"]
@@ -589,7 +594,7 @@ class FastOps(ref.ReferenceOps):
         def run(x: np.ndarray) -> np.ndarray:
             outer = buffers.activate()
             try:
-                env = {input_name: x}
+                env = {input_name: to_internal(x)}  # per tile, on the tile's thread
                 for name, fn in order:
                     env[name] = fn(env)
                 # the result may live in a kept array that the next run on this thread overwrites
@@ -602,6 +607,7 @@ class FastOps(ref.ReferenceOps):
         shapes = graph.shapes or {}
         in_size = int(np.prod(shapes.get(input_name, (1,))))
         act_bytes = 4 * max((int(np.prod(s)) for s in shapes.values()), default=0)
+        # the plan takes a batch in the model's layout (NCHW images)
         self.plan = lambda x: self.tiles(run, x, int(act_bytes * x[0].size / max(1, in_size)))
 
     def profile(self, x: np.ndarray, repeats: int = 5) -> dict[str, float]:
