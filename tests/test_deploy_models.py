@@ -113,8 +113,9 @@ def test_resnet20_binary_convs_28x_smaller(tmp_path):
 @pytest.mark.parametrize("method", ["rbnn", "xnor"])
 def test_downsampling_shortcut_reads_its_siblings_windows(method, tmp_path):
     """resnet18_cifar's downsampling blocks: the 1x1 shortcut conv reads the middle tap of its 3x3 sibling's row
-    windows of their common input instead of packing it again; the logits stay bit-identical to the reference
-    engine's (a wrong word offset or row would read the wrong pixel)."""
+    windows of their common input, which the block before writes in its epilogue, instead of packing it again;
+    the logits stay bit-identical to the reference engine's (a wrong word offset or row would read the wrong
+    pixel)."""
     from rbnn.runtime.plan import _BinStep
 
     m, size = _build("resnet18_cifar", method, seed=4)
@@ -124,6 +125,8 @@ def test_downsampling_shortcut_reads_its_siblings_windows(method, tmp_path):
     steps = [fn for _, _, fn in fast.ops.steps if isinstance(fn, _BinStep)]
     readers = {s.node.name for s in steps if s.shared_xoff >= 0}
     assert readers == {"layer2_0_shortcut_0", "layer3_0_shortcut_0", "layer4_0_shortcut_0"}
+    # the 3x3 siblings' windows come from the block before them, which binarizes its output once for both
+    assert all(s.packed_in for s in steps if s.share) and sum(s.share for s in steps) == 3
     for n in (1, 3):
         x = rand_input(size, n, seed=n)
         np.testing.assert_array_equal(fast.predict(x), ref.predict(x))

@@ -276,7 +276,7 @@ class _BinStep:
 
     def __init__(self, ops: FastOps, node: Node, name: str, res_name, clamp, packed_in: bool, nxt, want_float):
         self.ops, self.node, self.name, self.src = ops, node, name, node.inputs[0]
-        self.share = False  # keep this step's packed input in env[(src, SHARED)] for a 1x1 step (see can_share)
+        self.share = False  # keep this step's packed input in env[(src, SHARED)] for a 1x1 step (FastOps._shareable)
         # >= 0: read env[(src, SHARED)] (another step's 3-tap windows), this many words after a window's start
         # in the row below its padding row: the middle tap of window (row + 1, column) is input pixel (row, column)
         self.shared_xoff = -1
@@ -286,26 +286,14 @@ class _BinStep:
         self.bound: dict[tuple[int, ...], _Bound] = {}  # by input row-window shape
         self.direct = node.op == "bconv" and not self.prep.ternary  # else the generic op (flat input, ternary)
 
-    @staticmethod
-    def can_share(a: _BinStep, b: _BinStep) -> bool:
-        """Whether 1x1 step ``b`` can read 3x3 step ``a``'s row windows of their common float input instead of
-        packing it again: the same binarization (shift, per-sample mean), whole 64-bit words per pixel (so the
-        middle tap's words are a pixel's words), ``a`` padded by 1 so that window w's middle tap is pixel w."""
-        pa, pb = a.prep, b.prep
-        return (
-            a.direct and b.direct and not a.packed_in and not b.packed_in and a.src == b.src
-            and b.res_name is None and pa.c == pb.c and pa.c % 64 == 0
-            and pa.kshape[1:] == (3, 3) and pa.pad == (1, 1) and pa.dil == (1, 1)
-            and pb.kshape[1:] == (1, 1) and pb.pad == (0, 0) and pb.dil == (1, 1)
-            and pa.standardize == pb.standardize and np.array_equal(pa.shift, pb.shift)
-        )
-
     def __call__(self, env: dict) -> np.ndarray | None:
         p = self.prep
         if self.shared_xoff >= 0:
             xp = env[(self.src, SHARED)]
         elif self.packed_in:
             xp = env[(self.src, BITS)]
+            if self.share:
+                env[(self.src, SHARED)] = xp
         elif not self.direct:
             return self.ops.bconv(self.node, env[self.src], self._res(env), self.clamp)
         else:
@@ -637,31 +625,52 @@ class FastOps(ref.ReferenceOps):
 
     def _bin_steps(self, bins: list[tuple], readers: dict[str, list[Node]], pos: dict[str, int],
                    float_fed: set[str]) -> dict[str, _BinStep]:
-        """A :class:`_BinStep` per binary group (by its first node's name). A group whose only binary reader is
-        the bconv of the next group, thresholding per channel (or not at all), writes that reader's row windows
-        in its epilogue, and its floats only when someone else reads them (a residual path, the output).
+        """A :class:`_BinStep` per binary group (by its first node's name). A downsampling block's 1x1 shortcut
+        conv reads the middle tap of its 3x3 sibling's row windows of their common input (see
+        :meth:`_shareable`). A group whose only other binary reader is the bconv of the next group, thresholding
+        per channel (or not at all), writes that reader's row windows in its epilogue (which its shortcut
+        sibling then reads too), and its floats only when someone else reads them (a residual path, the output).
         ``float_fed``: the groups whose row windows a float conv writes."""
-        firsts = {first.name for first, _, _, _ in bins}
+        firsts = {first.name: (first, res_name) for first, _, res_name, _ in bins}
+        order = {first.name: pos[last] for first, last, _, _ in bins}
+        shares: dict[str, str] = {}  # 1x1 reader -> the 3x3 sibling whose windows it reads
+        for a, _ in firsts.values():
+            for b, b_res in firsts.values():
+                if (b.name not in shares and a.name not in shares.values() and order[a.name] < order[b.name]
+                        and self._shareable(a, b, b_res)):
+                    shares[b.name] = a.name
         feeds: dict[str, Node] = {}
         for first, last, _, _ in bins:
             binary = [r for r in readers[last] if r.op in ("bconv", "blinear")]
+            names = {r.name for r in binary}
+            binary = [r for r in binary if shares.get(r.name) not in names]  # served by its sibling's windows
             if len(binary) == 1 and binary[0].name in firsts and self._feeds_bits(first, binary[0], last):
                 feeds[first.name] = binary[0]
         packed_in = {c.name for c in feeds.values()} | float_fed
         steps = {}
         for first, last, res_name, clamp in bins:
             c = feeds.get(first.name)
-            want_float = c is None or any(r is not c for r in readers[last])
+            want_float = c is None or any(r is not c and shares.get(r.name) != c.name for r in readers[last])
             nxt = None if c is None else self._p(c)
             steps[first.name] = _BinStep(self, first, last, res_name, clamp, first.name in packed_in, nxt, want_float)
-        # a downsampling block's 1x1 shortcut conv reads its 3x3 sibling's windows of their common input
-        order = {first.name: pos[last] for first, last, _, _ in bins}
-        for a in steps.values():
-            for b in steps.values():
-                if (b.shared_xoff < 0 and not a.share and order[a.node.name] < order[b.node.name]
-                        and _BinStep.can_share(a, b)):
-                    a.share, b.shared_xoff = True, a.prep.c // 64
+        for b, a in shares.items():
+            steps[a].share, steps[b].shared_xoff = True, steps[a].prep.c // 64
         return steps
+
+    def _shareable(self, a: Node, b: Node, b_res: str | None) -> bool:
+        """Whether 1x1 binary conv ``b`` (its group's residual ``b_res``) can read 3x3 binary conv ``a``'s row
+        windows of their common float input instead of packing it again: the same binarization (shift,
+        per-sample mean), whole 64-bit words per pixel (so the middle tap's words are a pixel's words), ``a``
+        padded by 1 so that window w's middle tap is pixel w."""
+        if a.op != "bconv" or b.op != "bconv" or a.inputs[0] != b.inputs[0] or b_res is not None:
+            return False
+        pa, pb = self._p(a), self._p(b)
+        return (
+            not pa.ternary and not pb.ternary and pa.c == pb.c and pa.c % 64 == 0
+            and pa.kshape[1:] == (3, 3) and pa.pad == (1, 1) and pa.dil == (1, 1)
+            and pb.kshape[1:] == (1, 1) and pb.pad == (0, 0) and pb.dil == (1, 1)
+            and pa.standardize == pb.standardize and np.array_equal(pa.shift, pb.shift)
+        )
 
     def _feeds_bits(self, producer: Node, consumer: Node, last: str) -> bool:
         """Whether ``producer``'s epilogue can binarize ``consumer``'s input (``last``, its group's result)."""
