@@ -448,6 +448,10 @@ def _row_windows(row, kw_, dw, c_, out, n, hh):
         o = out[n, hh].reshape(-1)
         rf = row.reshape(-1)  # one word per pixel
         s1, s2 = np.uint64(c_), np.uint64(2 * c_)
+        if dw == 1:  # undilated: a loop LLVM vectorizes
+            for w in range(wq):
+                o[w] = rf[w] | (rf[w + 1] << s1) | (rf[w + 2] << s2)
+            return
         for w in range(wq):
             o[w] = rf[w] | (rf[w + dw] << s1) | (rf[w + 2 * dw] << s2)
         return
@@ -648,6 +652,13 @@ def _epilogue_bits_row(dots, cbr, mul, add, res, ri, flags, lohi, y, nshift, pro
     wo, o_ = y.shape
     df, cf, yf = dots.reshape(-1), cbr.reshape(-1), y.reshape(-1)
     wbits = flags & EPI_BITS != 0
+    if o_ == 16:  # one block per pixel: no inner loop (ResNet-20's first stage)
+        for ow in range(wo):
+            k = ow * 16
+            b = epi16(df, k, cf, k, mul, add, 0, res, ri + k, yf, k, nshift, lohi, flags)
+            if wbits:
+                prow[ow + npw, 0] = b
+        return
     if o_ & 15 == 0 and o_ <= 64:  # one word per pixel, whole 16-channel blocks: a straight loop (1.6x at 16)
         for ow in range(wo):
             k = ow * o_
@@ -695,6 +706,10 @@ def _row_signs(y, shift, m, prow, npw):
     wo, o_ = y.shape
     yf = y.reshape(-1)
     zero = np.float32(0.0)
+    if o_ == 16:  # one block per pixel: no inner loop (ResNet-20's first stage)
+        for ow in range(wo):
+            prow[ow + npw, 0] = signs16(yf, ow * 16, shift, 0, m)
+        return
     if o_ & 15 == 0 and o_ <= 64:  # one word per pixel, whole 16-channel blocks: a straight loop
         for ow in range(wo):
             acc = np.uint64(0)
@@ -731,6 +746,10 @@ def _row_threshold_bits(dots, cbr, ithr, prow, npw):
     wo, o_ = dots.shape
     df, cf = dots.reshape(-1), cbr.reshape(-1)
     sg, t = ithr[0], ithr[1]
+    if o_ == 16:  # one block per pixel: no inner loop (ResNet-20's first stage)
+        for ow in range(wo):
+            prow[ow + npw, 0] = below16(df, ow * 16, cf, ow * 16, sg, t, 0)
+        return
     if o_ & 15 == 0 and o_ <= 64:  # one word per pixel, whole 16-channel blocks: a straight loop
         for ow in range(wo):
             k = ow * o_
