@@ -59,12 +59,13 @@ def test_row_signs_equal_the_reference_rule_bit_for_bit(channels, m):
     assert not got[:2].any() and not got[-2:].any()
 
 
-@pytest.mark.parametrize("out_channels", [5, 16])
+@pytest.mark.parametrize("out_channels", [5, 8, 16, 32])
 @pytest.mark.parametrize("stride,dilation,padding", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 1, 0)])
 def test_float_conv_kernel_equals_the_reference_order(stride, dilation, padding, out_channels):
     """The float conv sums in float32 in (kh, kw, c) order like the reference engine: equal bit for bit (5
-    channels: the row-accumulator loops, stride 2 the strided one; 16 channels at stride 1: 8x8 register blocks
-    and a tail of pixels; values spread over orders of magnitude, so any other order rounds differently)."""
+    channels: the row-accumulator loops, stride 2 the strided one; 8 channels at stride 1: pixel-vector register
+    blocks; 16 and 32: 8-pixel x 16-channel blocks clamped in registers; both with a tail of pixels; values
+    spread over orders of magnitude, so any other order rounds differently)."""
     rng = np.random.default_rng(stride * 10 + dilation)
     x = (rng.standard_normal((3, 11, 13, 3)) * rng.choice([1e-3, 1.0, 1e3], size=(3, 11, 13, 3))).astype(np.float32)
     x[0, 0, 0, 0], x[1, 5, 5, 1], x[2, 3, 3, 2] = -0.0, np.float32(1e-38), np.nan
