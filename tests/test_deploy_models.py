@@ -134,9 +134,10 @@ def test_downsampling_shortcut_reads_its_siblings_windows(method, tmp_path):
 
 @pytest.mark.parametrize("name,method", [("resnet20", "xnor"), ("resnet20_bireal", "rbnn"), ("resnet18_cifar", "rbnn")])
 def test_float_stem_writes_the_first_binary_layers_windows(name, method, tmp_path):
-    """The float stem conv binarizes its own output into the first binary layer's row windows (by sign, or by
-    RBNN's per-sample mean after each sample), so that layer packs nothing; every binary layer's integers and
-    the logits stay equal to the reference engine's, one image and several (the per-sample path)."""
+    """The float stem conv reads the NCHW images directly and binarizes its own output into the first binary
+    layer's row windows (by sign, or by RBNN's per-sample mean after each sample), so that layer packs nothing;
+    every binary layer's integers and the logits stay equal to the reference engine's, one image and several
+    (the per-sample path)."""
     from rbnn.runtime.plan import _BinStep
 
     m, size = _build(name, method, seed=5)
@@ -145,6 +146,7 @@ def test_float_stem_writes_the_first_binary_layers_windows(name, method, tmp_pat
     fast, ref = deploy.load(p, backend="fast"), deploy.load(p, backend="reference")
     first = [fn for _, _, fn in fast.ops.steps if isinstance(fn, _BinStep)][0]
     assert first.packed_in and {n.name: n for n in fast.graph.nodes}[first.src].op in ("conv", "hardtanh")
+    assert fast.ops.input_nchw  # only the stem reads the images: they go to it in NCHW, no NHWC round trip
     for n in (1, 3):
         x = rand_input(size, n, seed=n)
         lf, lr = fast.layer_outputs(x), ref.layer_outputs(x)

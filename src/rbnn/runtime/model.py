@@ -166,7 +166,7 @@ class PackedModel:
         x = self._check_input(x)[0]
         if x.shape[0] == 0:
             raise self._input_error("profile() needs at least one image")
-        return self.ops.profile(self._to_internal(x), int(repeats))
+        return self.ops.profile(self._batched(x), int(repeats))
 
     def layer_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Integer pre-activations (int64; NCHW for convs) of every binary layer, by torch module name."""
