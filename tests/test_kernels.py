@@ -81,6 +81,23 @@ def test_float_conv_kernel_equals_the_reference_order(stride, dilation, padding,
     np.testing.assert_array_equal(clamped, np.clip(ref, np.float32(-1), np.float32(1)))
 
 
+@pytest.mark.parametrize("index", [(slice(None), slice(None, None, 2), slice(None, None, 2), slice(None)),
+                                   (slice(1, None), slice(1, 8, 3), slice(None, None, -2), slice(2, None, 3))])
+def test_strided_copy_kernel_equals_the_numpy_assignment(index):
+    """The option-A shortcut's copy (a strided slice into the middle of a zero-padded array) as NumPy does it,
+    contiguous and strided channels, negative steps included."""
+    x = np.random.default_rng(0).standard_normal((3, 9, 10, 16)).astype(np.float32)
+    view = x[index]
+    at = (0, 1, 0, 8)
+    out = np.zeros(tuple(s + 2 * a for s, a in zip(view.shape, at)), np.float32)
+    want = out.copy()
+    want[tuple(slice(a, a + s) for s, a in zip(view.shape, at))] = view
+    ranges = [range(*s.indices(d)) for s, d in zip(index, x.shape)]
+    K.strided_copy_kernel(x, np.array([r.start for r in ranges]), np.array([r.step for r in ranges]),
+                          np.array(view.shape, dtype=np.int64), np.array(at, dtype=np.int64), out)
+    np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("torch_pad,shape", [([0, 0, 0, 0, 8, 8], (2, 5, 5, 16)), ([1, 2, 3, 0], (1, 4, 6, 3)),
                                              ([2, 1], (3, 7)), ([0, 0, 0, 0, -1, 2], (1, 3, 3, 4))])
 def test_fast_pad_equals_numpy_pad(torch_pad, shape):

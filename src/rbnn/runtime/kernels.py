@@ -1175,6 +1175,30 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out, nshift, nout,
 
 
 @njit(cache=True, nogil=True)
+def strided_copy_kernel(x, start, step, count, at, out):
+    """``out[at + i] = x[start + i·step]`` per axis of 4-D arrays (``i < count``): an option-A shortcut (a strided
+    slice, zero-padded; ``out`` zero elsewhere) in one compiled pass, the last axis as a contiguous run when its
+    step is 1 (NumPy's strided assignment plus the step's Python took ~9 µs at batch 1)."""
+    xf, of = flat(x), flat(out)
+    _, xh, xw, xc = x.shape
+    _, oh, ow, oc = out.shape
+    c = count[3]
+    for i in range(count[0]):
+        for j in range(count[1]):
+            xrow = ((start[0] + i * step[0]) * xh + start[1] + j * step[1]) * xw
+            orow = ((at[0] + i) * oh + at[1] + j) * ow
+            for k in range(count[2]):
+                s0 = (xrow + start[2] + k * step[2]) * xc + start[3]
+                d0 = (orow + at[2] + k) * oc + at[3]
+                if step[3] == 1:
+                    for m in range(c):
+                        of[d0 + m] = xf[s0 + m]
+                else:
+                    for m in range(c):
+                        of[d0 + m] = xf[s0 + m * step[3]]
+
+
+@njit(cache=True, nogil=True)
 def gap_kernel(x, out):
     """Global average pool of NHWC float32 ``x`` into (N, 1, 1, C): per channel a float32 sum in (h, w) order,
     then one division by H·W, the order of NumPy's ``x.mean(axis=(1, 2), dtype=float32)`` (the reference's),
@@ -1320,6 +1344,8 @@ def warmup() -> None:
                  True, np.float32(-1), np.float32(1), np.empty((1, 2, 2, 2), np.float32), z2,
                  np.zeros((1, 4, 2, 1), np.uint64), np.array([1, 1, 3, 1, 1, 1], np.int64))
     gap_kernel(x, np.empty((1, 1, 1, 3), np.float32))
+    i4 = np.ones(4, np.int64)
+    strided_copy_kernel(x, 0 * i4, i4, i4, 0 * i4, np.empty((1, 2, 2, 3), np.float32))
     flinear_kernel(x.reshape(4, 3), np.zeros((3, 2), np.float32), z2, np.empty((4, 2), np.float32))
     maxpool_kernel(x, 2, 2, 2, 2, 0, 0, 1, 1, np.empty((1, 1, 1, 3), np.float32))
     avgpool_kernel(x, 2, 2, 2, 2, 0, 0, True, np.empty((1, 1, 1, 3), np.float32))
