@@ -62,3 +62,23 @@ def test_step_buffers_outside_a_run_are_fresh_and_zeroed_on_request():
     b.activate()
     assert b.get(("n", "pad"), (5,), np.uint64) is not z
     b.deactivate()
+
+
+def test_pool_hands_on_dead_arrays_but_not_ones_a_live_view_reads():
+    """While pooling, take() reuses an array given back by a dead value, but not one that a live value views
+    (a flatten's reshape outlives the conv output it views); ending the pooling returns every array."""
+    b = StepBuffers()
+    assert b.activate()
+    b.pooling(True)
+    a = b.take(("x", "out"), (2, 3), np.float32)
+    b.give(a, [])
+    assert b.take(("y", "out"), (2, 3), np.float32) is a  # the dead value's array, warm
+    c = b.take(("z", "out"), (2, 3), np.float32)
+    assert c is not a
+    b.give(c, [c.reshape(-1)])  # a live view of it: kept out of the pool
+    d = b.take(("w", "out"), (2, 3), np.float32)
+    assert d is not c and d is not a
+    b.pooling(False)  # every array back
+    assert sum(len(v) for v in b._local.pool.values()) == 3
+    b.deactivate()
+    assert b.take(("v", "out"), (2, 3), np.float32) is not a  # outside a run: a fresh array

@@ -38,6 +38,39 @@ class StepBuffers:
             a = local.arrays[key] = np.zeros(shape, dtype) if zeroed else np.empty(shape, dtype)
         return a
 
+    def pooling(self, on: bool) -> None:
+        """Inside a run on this thread: hand out :meth:`take`'s arrays from a pool shared by all steps (on), or
+        per key like :meth:`get` (off). Turning it off returns every array still out to the pool."""
+        local = self._local
+        if getattr(local, "pool", None) is None:
+            local.pool = {}
+        for a in getattr(local, "taken", {}).values():
+            local.pool.setdefault((a.shape, a.dtype.str), []).append(a)
+        local.taken = {}
+        local.pooled = on
+
+    def take(self, key: tuple, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` with any contents (a step's float output): while pooling, one
+        that an earlier step gave back (:meth:`give`) so that it is still in cache, else as :meth:`get`."""
+        local = self._local
+        if not getattr(local, "pooled", False):
+            return self.get(key, shape, dtype)
+        free = local.pool.get((shape, np.dtype(dtype).str))
+        a = free.pop() if free else np.empty(shape, dtype)
+        local.taken[id(a)] = a
+        return a
+
+    def give(self, a, live) -> None:
+        """While pooling: a dead value ``a`` back to the pool, when :meth:`take` handed it out and no value in
+        ``live`` shares its memory (a reshaped or sliced view of it may outlive it); else nothing."""
+        local = self._local
+        if not getattr(local, "pooled", False) or not isinstance(a, np.ndarray) or id(a) not in local.taken:
+            return
+        if any(isinstance(v, np.ndarray) and np.may_share_memory(a, v) for v in live):
+            return  # the pool gets it back when pooling ends
+        del local.taken[id(a)]
+        local.pool.setdefault((a.shape, a.dtype.str), []).append(a)
+
     def activate(self) -> bool:
         """Hand out kept arrays on this thread until :meth:`deactivate`; False (and nothing changed) if already
         active: a nested run then shares the outer run's arrays, so only the outermost run may activate."""
@@ -56,3 +89,4 @@ class StepBuffers:
     def release(self) -> None:
         """Drop this thread's kept arrays (one run's activations); a run in progress keeps its own."""
         self._local.arrays = {}
+        self._local.pool = {}

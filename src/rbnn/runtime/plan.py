@@ -73,6 +73,7 @@ _DUMMY_THRESHOLDS = np.zeros((2, 1), dtype=np.int32)
 _NO_BITS = np.zeros(6, dtype=np.int64)  # fconv_kernel's ng (kernels.NG_*): no next-layer bits
 BITS = "bits"  # env[(name, BITS)]: the row windows a fused binary step wrote for its binary reader
 SHARED = "shared"  # env[(input, SHARED)]: a 3x3 step's row windows of an input that a 1x1 step reads too
+POOL_MIN_IMAGES = 2  # a plan run over at least this many images pools its float outputs (StepBuffers.take)
 
 
 class _Bound(NamedTuple):
@@ -229,7 +230,7 @@ class _BinPrep:
         """Run the kernel bound by :meth:`bind` on row windows ``xp``: ``(float output or None, the next
         layer's row windows or None)``. ``res``: a C-contiguous float32 residual of the output's shape."""
         name = self.node.name
-        out = self.buffers.get((name, "out"), b.oshape, np.float32) if b.want_float else _DUMMY4
+        out = self.buffers.take((name, "out"), b.oshape, np.float32) if b.want_float else _DUMMY4
         # the kernel writes every row of the next layer's row windows but its padding rows: those stay zero
         nout = _DUMMY_BITS if b.nshape is None else self.buffers.get((name, "bits"), b.nshape, np.uint64, zeroed=True)
         mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
@@ -401,7 +402,7 @@ class FastOps(ref.ReferenceOps):
         kh, kw, _, o = wt.shape
         n, c, h, wd = x.shape if nchw else (x.shape[0], x.shape[3], x.shape[1], x.shape[2])
         oshape = (n, ref.out_hw(h, kh, sh, ph, dh), ref.out_hw(wd, kw, sw, pw, dw), o)
-        out = self.buffers.get((node.name, "out"), oshape, np.float32)
+        out = self.buffers.take((node.name, "out"), oshape, np.float32)
         # planar and zero-padded (see the kernel): only the interior is written, so a kept copy's border stays 0
         xp = self.buffers.get((node.name, "in"), (n, c, h + 2 * ph, wd + 2 * pw), np.float32, zeroed=True)
         xp[:, :, ph : ph + h, pw : pw + wd] = x if nchw else x.transpose(0, 3, 1, 2)
@@ -516,6 +517,7 @@ class FastOps(ref.ReferenceOps):
         steps = []  # (position, result name, first node of the group, callable(env) -> array)
         bins = []  # binary groups: (first node, last node's name, residual's name, clamp)
         fconvs = []  # float convs: (node, last node's name, clamp)
+        members: dict[str, set[str]] = {}  # a step's result name -> the names of the nodes it runs
 
         def sole_reader(name: str, op: str) -> Node | None:
             rs = readers[name]
@@ -541,6 +543,7 @@ class FastOps(ref.ReferenceOps):
                     clamp, last = (ht.attrs["min"], ht.attrs["max"]), ht
                 group = {n.name, last.name} | ({add.name} if res_name else set())
                 skip |= group
+                members[last.name] = group
                 steps.append((pos[last.name], last.name, n, None))
                 bins.append((n, last.name, res_name, clamp))
                 continue
@@ -548,12 +551,14 @@ class FastOps(ref.ReferenceOps):
                 pd = sole_reader(n.name, "pad")
                 if pd is not None and len(pd.attrs["torch_pad"]) <= 6 and min(pd.attrs["torch_pad"]) >= 0:
                     skip.add(pd.name)
+                    members[pd.name] = {n.name, pd.name}
                     steps.append((pos[pd.name], pd.name, n, self._slice_pad_step(n, pd)))
                     continue
             if n.op == "conv":  # a Hardtanh that follows is clamped inside the same kernel
                 ht = sole_reader(n.name, "hardtanh")
                 clamp, last = (None, n) if ht is None else ((ht.attrs["min"], ht.attrs["max"]), ht)
                 skip.add(last.name)
+                members[last.name] = {n.name, last.name}
                 steps.append((pos[last.name], last.name, n, None))
                 fconvs.append((n, last.name, clamp))
                 continue
@@ -561,8 +566,10 @@ class FastOps(ref.ReferenceOps):
                 ht = sole_reader(n.name, "hardtanh")
                 if ht is not None:
                     skip.add(ht.name)
+                    members[ht.name] = {n.name, ht.name}
                     steps.append((pos[ht.name], ht.name, n, self._clamped_step(n, (ht.attrs["min"], ht.attrs["max"]))))
                     continue
+            members[n.name] = {n.name}
             steps.append((pos[n.name], n.name, n, self._plain_step(n)))
         # a float conv (the stem) whose only binary reader binarizes per channel or per sample writes that
         # reader's row windows itself (the reader packs nothing)
@@ -579,7 +586,19 @@ class FastOps(ref.ReferenceOps):
         steps = [(k, name, node, fn or bin_steps[node.name]) for k, name, node, fn in sorted(steps, key=lambda s: s[0])]
         self.output_name = out_name
         self.steps = [(name, _KIND.get(node.op, "other"), fn) for _, name, node, fn in steps]
-        order = [(name, fn) for name, _, fn in self.steps]
+        # the values that die after each step: no later step reads them (the output never dies)
+        by_node = {m: name for name, group in members.items() for m in group}
+        last_read = {}
+        for k, (name, _, _) in enumerate(self.steps):
+            for m in members[name]:
+                for i in nodes[pos[m]].inputs:
+                    if by_node.get(i) != name:
+                        last_read[i] = k
+        dies: list[list[str]] = [[] for _ in self.steps]
+        for v, k in last_read.items():
+            if v != out_name:
+                dies[k].append(v)
+        order = [(name, fn, dead) for (name, _, fn), dead in zip(self.steps, dies)]
         input_name = self.input_name
 
         buffers = self.buffers
@@ -588,14 +607,23 @@ class FastOps(ref.ReferenceOps):
 
         def run(x: np.ndarray) -> np.ndarray:
             outer = buffers.activate()
+            # a tile's float outputs share a pool of arrays, handed on once their value is dead, so that a
+            # step writes into memory a step before it just left in cache (each step's own array was cold:
+            # a tile's activations do not fit the caches); batch 1's small arrays stay per step
+            pool = outer and x.shape[0] >= POOL_MIN_IMAGES
             try:
                 env = {input_name: entry(x)}  # per tile, on the tile's thread
-                for name, fn in order:
+                buffers.pooling(pool)
+                for name, fn, dead in order:
                     env[name] = fn(env)
+                    if pool:
+                        for v in dead:
+                            buffers.give(env.pop(v), env.values())
                 # the result may live in a kept array that the next run on this thread overwrites
                 return np.array(env[out_name], copy=True) if outer else env[out_name]
             finally:
                 if outer:
+                    buffers.pooling(False)
                     buffers.deactivate()
 
         # the largest activation of one image at the model's input size (float32), scaled to the input's pixels
