@@ -598,6 +598,7 @@ class FastOps(ref.ReferenceOps):
         for v, k in last_read.items():
             if v != out_name:
                 dies[k].append(v)
+        self.dies = dies  # per step, the values no later step reads
         order = [(name, fn, dead) for (name, _, fn), dead in zip(self.steps, dies)]
         input_name = self.input_name
 
