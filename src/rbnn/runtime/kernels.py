@@ -128,6 +128,69 @@ def _make_signs(lanes: int):
     return signs
 
 
+def _fdot_ir(pixels, context, builder, signature, args):
+    """The IR of :func:`_make_fdot`'s intrinsic."""
+    _, base_, _, _, o_, _, oi_, ost_, _ = args
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v8 = ir.VectorType(ir.FloatType(), pixels)
+    zero = ir.Constant(v8, [0.0] * pixels)
+
+    def data(k):  # the data pointer of array argument k
+        return cgutils.create_struct_proxy(signature.args[k])(context, builder, value=args[k]).data
+
+    def splat(x):
+        v = builder.insert_element(ir.Constant(v8, ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, pixels), [0] * pixels))
+
+    def at(k: int):
+        return ir.Constant(i64, k)
+
+    x_ptr, toff_ptr, w_ptr, out_ptr, bias_ptr = data(0), data(2), data(3), data(5), data(8)
+    n_taps = builder.extract_value(cgutils.create_struct_proxy(signature.args[2])(
+        context, builder, value=args[2]).shape, 0)
+    w_cols = builder.extract_value(cgutils.create_struct_proxy(signature.args[3])(
+        context, builder, value=args[3]).shape, 1)
+    entry = builder.block
+    loop = builder.append_basic_block("taps")
+    done = builder.append_basic_block("taps_done")
+    builder.cbranch(builder.icmp_signed(">", n_taps, at(0)), loop, done)
+
+    # loop over taps t: acc_j += x[base + toff[t] : +8] * w[t, o + j], j < 8
+    builder.position_at_end(loop)
+    t = builder.phi(i64)
+    accs = [builder.phi(v8) for _ in range(8)]
+    t.add_incoming(at(0), entry)
+    for a in accs:
+        a.add_incoming(zero, entry)
+    off = builder.load(builder.gep(toff_ptr, [t]))
+    xv = builder.load(builder.bitcast(builder.gep(x_ptr, [builder.add(base_, off)]), v8.as_pointer()), align=4)
+    w_row = builder.add(builder.mul(t, w_cols), o_)
+    new_accs = []
+    for j, a in enumerate(accs):
+        w = builder.load(builder.gep(w_ptr, [builder.add(w_row, at(j))]))
+        new_accs.append(builder.fadd(a, builder.fmul(xv, splat(w))))
+    t_next = builder.add(t, at(1))
+    t.add_incoming(t_next, loop)
+    for a, na in zip(accs, new_accs):
+        a.add_incoming(na, loop)
+    builder.cbranch(builder.icmp_signed("<", t_next, n_taps), loop, done)
+
+    # + bias, then pixel k of channel o + j to out[oi + k·ostride + j]
+    builder.position_at_end(done)
+    sums = []
+    for j in range(8):
+        r = builder.phi(v8)
+        r.add_incoming(zero, entry)
+        r.add_incoming(new_accs[j], loop)
+        sums.append(r)
+    for j, r in enumerate(sums):
+        r = builder.fadd(r, splat(builder.load(builder.gep(bias_ptr, [builder.add(o_, at(j))]))))
+        for k in range(pixels):
+            idx = builder.add(builder.add(oi_, builder.mul(at(k), ost_)), at(j))
+            builder.store(builder.extract_element(r, ir.Constant(i32, k)), builder.gep(out_ptr, [idx]))
+    return context.get_dummy_value()
+
+
 def _make_fdot(pixels: int):
     """An intrinsic ``fdot(xf, base, toff, wflat, o, out, oi, ostride, bias)``: a float conv's ``pixels`` pixels x 8
     output channels, ``out[oi + k·ostride + j] = (Σ_t xf[base + toff[t] + k] · wflat[t, o + j]) + bias[o + j]`` for
@@ -146,69 +209,73 @@ def _make_fdot(pixels: int):
         sig = types.void(xf, base, toff, wflat, o, out, oi, ostride, bias)
 
         def codegen(context, builder, signature, args):
-            _, base_, _, _, o_, _, oi_, ost_, _ = args
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            v8 = ir.VectorType(ir.FloatType(), pixels)
-            zero = ir.Constant(v8, [0.0] * pixels)
-
-            def data(k):  # the data pointer of array argument k
-                return cgutils.create_struct_proxy(signature.args[k])(context, builder, value=args[k]).data
-
-            def splat(x):
-                v = builder.insert_element(ir.Constant(v8, ir.Undefined), x, ir.Constant(i32, 0))
-                return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, pixels), [0] * pixels))
-
-            def at(k: int):
-                return ir.Constant(i64, k)
-
-            x_ptr, toff_ptr, w_ptr, out_ptr, bias_ptr = data(0), data(2), data(3), data(5), data(8)
-            n_taps = builder.extract_value(cgutils.create_struct_proxy(signature.args[2])(
-                context, builder, value=args[2]).shape, 0)
-            w_cols = builder.extract_value(cgutils.create_struct_proxy(signature.args[3])(
-                context, builder, value=args[3]).shape, 1)
-            entry = builder.block
-            loop = builder.append_basic_block("taps")
-            done = builder.append_basic_block("taps_done")
-            builder.cbranch(builder.icmp_signed(">", n_taps, at(0)), loop, done)
-
-            # loop over taps t: acc_j += x[base + toff[t] : +8] * w[t, o + j], j < 8
-            builder.position_at_end(loop)
-            t = builder.phi(i64)
-            accs = [builder.phi(v8) for _ in range(8)]
-            t.add_incoming(at(0), entry)
-            for a in accs:
-                a.add_incoming(zero, entry)
-            off = builder.load(builder.gep(toff_ptr, [t]))
-            xv = builder.load(builder.bitcast(builder.gep(x_ptr, [builder.add(base_, off)]), v8.as_pointer()), align=4)
-            w_row = builder.add(builder.mul(t, w_cols), o_)
-            new_accs = []
-            for j, a in enumerate(accs):
-                w = builder.load(builder.gep(w_ptr, [builder.add(w_row, at(j))]))
-                new_accs.append(builder.fadd(a, builder.fmul(xv, splat(w))))
-            t_next = builder.add(t, at(1))
-            t.add_incoming(t_next, loop)
-            for a, na in zip(accs, new_accs):
-                a.add_incoming(na, loop)
-            builder.cbranch(builder.icmp_signed("<", t_next, n_taps), loop, done)
-
-            # + bias, then pixel k of channel o + j to out[oi + k·ostride + j]
-            builder.position_at_end(done)
-            sums = []
-            for j in range(8):
-                r = builder.phi(v8)
-                r.add_incoming(zero, entry)
-                r.add_incoming(new_accs[j], loop)
-                sums.append(r)
-            for j, r in enumerate(sums):
-                r = builder.fadd(r, splat(builder.load(builder.gep(bias_ptr, [builder.add(o_, at(j))]))))
-                for k in range(pixels):
-                    idx = builder.add(builder.add(oi_, builder.mul(at(k), ost_)), at(j))
-                    builder.store(builder.extract_element(r, ir.Constant(i32, k)), builder.gep(out_ptr, [idx]))
-            return context.get_dummy_value()
+            return _fdot_ir(pixels, context, builder, signature, args)
 
         return sig, codegen
 
     return fdot
+
+
+def _fdot_channels_ir(pixels, lanes, context, builder, signature, args):
+    """The IR of :func:`_make_fdot_channels`' intrinsic."""
+    ta = signature.args
+    i64 = ir.IntType(64)
+    vf = ir.VectorType(ir.FloatType(), lanes)
+    zero = ir.Constant(vf, [0.0] * lanes)
+    base_, o_, oi_, ost_ = (_as_i64(builder, ta[k], args[k]) for k in (1, 4, 6, 7))
+
+    def data(k):  # the data pointer of array argument k
+        return cgutils.create_struct_proxy(ta[k])(context, builder, value=args[k]).data
+
+    def at(k: int):
+        return ir.Constant(i64, k)
+
+    x_ptr, toff_ptr, w_ptr, out_ptr, lohi_ptr = data(0), data(2), data(3), data(5), data(9)
+    n_taps = builder.extract_value(cgutils.create_struct_proxy(ta[2])(context, builder, value=args[2]).shape, 0)
+    w_cols = builder.extract_value(cgutils.create_struct_proxy(ta[3])(context, builder, value=args[3]).shape, 1)
+    entry = builder.block
+    loop = builder.append_basic_block("taps")
+    done = builder.append_basic_block("taps_done")
+    builder.cbranch(builder.icmp_signed(">", n_taps, at(0)), loop, done)
+
+    # loop over taps t: acc_k += x[base + toff[t] + k] * w[t, o : o + lanes], k < pixels
+    builder.position_at_end(loop)
+    t = builder.phi(i64)
+    accs = [builder.phi(vf) for _ in range(pixels)]
+    t.add_incoming(at(0), entry)
+    for a in accs:
+        a.add_incoming(zero, entry)
+    x_at = builder.add(base_, builder.load(builder.gep(toff_ptr, [t])))
+    w_at = builder.gep(w_ptr, [builder.add(builder.mul(t, w_cols), o_)])
+    wv = builder.load(builder.bitcast(w_at, vf.as_pointer()), align=4)
+    new_accs = []
+    for k, a in enumerate(accs):
+        xk = builder.load(builder.gep(x_ptr, [builder.add(x_at, at(k))]))
+        new_accs.append(builder.fadd(a, builder.fmul(_splat(builder, vf, xk), wv)))
+    t_next = builder.add(t, at(1))
+    t.add_incoming(t_next, loop)
+    for a, na in zip(accs, new_accs):
+        a.add_incoming(na, loop)
+    builder.cbranch(builder.icmp_signed("<", t_next, n_taps), loop, done)
+
+    # + bias, clamp, pixel k's channels to out[oi + k·ostride : + lanes]
+    builder.position_at_end(done)
+    for k in range(pixels):  # every phi first, at the top of the block
+        r = builder.phi(vf)
+        r.add_incoming(zero, entry)
+        r.add_incoming(new_accs[k], loop)
+        accs[k] = r
+    bias_v = _vec_load(context, builder, ta[8], args[8], o_, vf, 4)
+    lo = _splat(builder, vf, builder.load(builder.gep(lohi_ptr, [at(0)])))
+    hi = _splat(builder, vf, builder.load(builder.gep(lohi_ptr, [at(1)])))
+    for k, r in enumerate(accs):
+        r = builder.fadd(r, bias_v)
+        cl = builder.select(builder.fcmp_ordered("<", r, lo), lo, r)
+        cl = builder.select(builder.fcmp_ordered(">", cl, hi), hi, cl)
+        r = builder.select(args[10], cl, r)
+        idx = builder.add(oi_, builder.mul(at(k), ost_))
+        builder.store(r, builder.bitcast(builder.gep(out_ptr, [idx]), vf.as_pointer()), align=4)
+    return context.get_dummy_value()
 
 
 def _make_fdot_channels(pixels: int, lanes: int = 16):
@@ -230,68 +297,87 @@ def _make_fdot_channels(pixels: int, lanes: int = 16):
         sig = types.void(xf, base, toff, wflat, o, out, oi, ostride, bias, lohi, clamp)
 
         def codegen(context, builder, signature, args):
-            ta = signature.args
-            i64 = ir.IntType(64)
-            vf = ir.VectorType(ir.FloatType(), lanes)
-            zero = ir.Constant(vf, [0.0] * lanes)
-            base_, o_, oi_, ost_ = (_as_i64(builder, ta[k], args[k]) for k in (1, 4, 6, 7))
-
-            def data(k):  # the data pointer of array argument k
-                return cgutils.create_struct_proxy(ta[k])(context, builder, value=args[k]).data
-
-            def at(k: int):
-                return ir.Constant(i64, k)
-
-            x_ptr, toff_ptr, w_ptr, out_ptr, lohi_ptr = data(0), data(2), data(3), data(5), data(9)
-            n_taps = builder.extract_value(cgutils.create_struct_proxy(ta[2])(context, builder, value=args[2]).shape, 0)
-            w_cols = builder.extract_value(cgutils.create_struct_proxy(ta[3])(context, builder, value=args[3]).shape, 1)
-            entry = builder.block
-            loop = builder.append_basic_block("taps")
-            done = builder.append_basic_block("taps_done")
-            builder.cbranch(builder.icmp_signed(">", n_taps, at(0)), loop, done)
-
-            # loop over taps t: acc_k += x[base + toff[t] + k] * w[t, o : o + lanes], k < pixels
-            builder.position_at_end(loop)
-            t = builder.phi(i64)
-            accs = [builder.phi(vf) for _ in range(pixels)]
-            t.add_incoming(at(0), entry)
-            for a in accs:
-                a.add_incoming(zero, entry)
-            x_at = builder.add(base_, builder.load(builder.gep(toff_ptr, [t])))
-            w_at = builder.gep(w_ptr, [builder.add(builder.mul(t, w_cols), o_)])
-            wv = builder.load(builder.bitcast(w_at, vf.as_pointer()), align=4)
-            new_accs = []
-            for k, a in enumerate(accs):
-                xk = builder.load(builder.gep(x_ptr, [builder.add(x_at, at(k))]))
-                new_accs.append(builder.fadd(a, builder.fmul(_splat(builder, vf, xk), wv)))
-            t_next = builder.add(t, at(1))
-            t.add_incoming(t_next, loop)
-            for a, na in zip(accs, new_accs):
-                a.add_incoming(na, loop)
-            builder.cbranch(builder.icmp_signed("<", t_next, n_taps), loop, done)
-
-            # + bias, clamp, pixel k's channels to out[oi + k·ostride : + lanes]
-            builder.position_at_end(done)
-            for k in range(pixels):  # every phi first, at the top of the block
-                r = builder.phi(vf)
-                r.add_incoming(zero, entry)
-                r.add_incoming(new_accs[k], loop)
-                accs[k] = r
-            bias_v = _vec_load(context, builder, ta[8], args[8], o_, vf, 4)
-            lo = _splat(builder, vf, builder.load(builder.gep(lohi_ptr, [at(0)])))
-            hi = _splat(builder, vf, builder.load(builder.gep(lohi_ptr, [at(1)])))
-            for k, r in enumerate(accs):
-                r = builder.fadd(r, bias_v)
-                cl = builder.select(builder.fcmp_ordered("<", r, lo), lo, r)
-                cl = builder.select(builder.fcmp_ordered(">", cl, hi), hi, cl)
-                r = builder.select(args[10], cl, r)
-                idx = builder.add(oi_, builder.mul(at(k), ost_))
-                builder.store(r, builder.bitcast(builder.gep(out_ptr, [idx]), vf.as_pointer()), align=4)
-            return context.get_dummy_value()
+            return _fdot_channels_ir(pixels, lanes, context, builder, signature, args)
 
         return sig, codegen
 
     return fdotc
+
+
+def _popdots_ir(pixels, lanes, words, context, builder, signature, args):
+    """The IR of :func:`_make_popdots`' intrinsic."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v8 = ir.VectorType(i64, lanes)
+    zero = ir.Constant(v8, [0] * lanes)
+
+    def proxy(k):
+        return cgutils.create_struct_proxy(signature.args[k])(context, builder, value=args[k])
+
+    def as64(k):  # an integer argument as i64
+        t = signature.args[k]
+        v = args[k]
+        if t.bitwidth < 64:
+            v = builder.sext(v, i64) if t.signed else builder.zext(v, i64)
+        return v
+
+    x_ptr, off_ptr, w_ptr, d_ptr = proxy(0).data, proxy(3).data, proxy(4).data, proxy(6).data
+    base_, step_, o_, di_, ds_ = as64(1), as64(2), as64(5), as64(7), as64(8)
+    n_words = builder.extract_value(proxy(3).shape, 0)
+    w_cols = builder.extract_value(proxy(4).shape, 1)
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]), f"llvm.ctpop.v{lanes}i64")
+    starts = [builder.add(base_, builder.mul(step_, ir.Constant(i64, k))) for k in range(pixels)]
+
+    def word(i, accs):  # the accumulators after operand word i
+        off_i = builder.load(builder.gep(off_ptr, [i]))
+        w_at = builder.gep(w_ptr, [builder.add(builder.mul(i, w_cols), o_)])
+        w = builder.load(builder.bitcast(w_at, v8.as_pointer()), align=8)
+        out = []
+        for k, a in enumerate(accs):
+            x = builder.load(builder.gep(x_ptr, [builder.add(starts[k], off_i)]))
+            xv = builder.insert_element(ir.Constant(v8, ir.Undefined), x, ir.Constant(i32, 0))
+            xv = builder.shuffle_vector(xv, xv, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+            out.append(builder.add(a, builder.call(ctpop, [builder.xor(xv, w)])))
+        return out
+
+    v8i32 = ir.VectorType(i32, lanes)
+
+    def store(sums):
+        for k, r in enumerate(sums):
+            at = builder.add(di_, builder.mul(ds_, ir.Constant(i64, k)))
+            ptr = builder.bitcast(builder.gep(d_ptr, [at]), v8i32.as_pointer())
+            builder.store(builder.trunc(r, v8i32), ptr, align=4)
+
+    if words:
+        accs = [zero] * pixels
+        for i in range(words):
+            accs = word(ir.Constant(i64, i), accs)
+        store(accs)
+        return context.get_dummy_value()
+    entry = builder.block
+    loop = builder.append_basic_block("words")
+    done = builder.append_basic_block("words_done")
+    builder.cbranch(builder.icmp_signed(">", n_words, ir.Constant(i64, 0)), loop, done)
+
+    builder.position_at_end(loop)
+    i = builder.phi(i64)
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    accs = [builder.phi(v8) for _ in range(pixels)]
+    for a in accs:
+        a.add_incoming(zero, entry)
+    new_accs = word(i, accs)
+    i_next = builder.add(i, ir.Constant(i64, 1))
+    i.add_incoming(i_next, loop)
+    for a, na in zip(accs, new_accs):
+        a.add_incoming(na, loop)
+    builder.cbranch(builder.icmp_signed("<", i_next, n_words), loop, done)
+
+    builder.position_at_end(done)
+    sums = [builder.phi(v8) for _ in range(pixels)]  # every phi first, at the top of the block
+    for r, na in zip(sums, new_accs):
+        r.add_incoming(zero, entry)
+        r.add_incoming(na, loop)
+    store(sums)
+    return context.get_dummy_value()
 
 
 def _make_popdots(pixels: int, lanes: int = 8, words: int = 0):
@@ -314,78 +400,7 @@ def _make_popdots(pixels: int, lanes: int = 8, words: int = 0):
         sig = types.void(xf, base, step, off, wcol, o, d, di, dstride)
 
         def codegen(context, builder, signature, args):
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            v8 = ir.VectorType(i64, lanes)
-            zero = ir.Constant(v8, [0] * lanes)
-
-            def proxy(k):
-                return cgutils.create_struct_proxy(signature.args[k])(context, builder, value=args[k])
-
-            def as64(k):  # an integer argument as i64
-                t = signature.args[k]
-                v = args[k]
-                if t.bitwidth < 64:
-                    v = builder.sext(v, i64) if t.signed else builder.zext(v, i64)
-                return v
-
-            x_ptr, off_ptr, w_ptr, d_ptr = proxy(0).data, proxy(3).data, proxy(4).data, proxy(6).data
-            base_, step_, o_, di_, ds_ = as64(1), as64(2), as64(5), as64(7), as64(8)
-            n_words = builder.extract_value(proxy(3).shape, 0)
-            w_cols = builder.extract_value(proxy(4).shape, 1)
-            ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]), f"llvm.ctpop.v{lanes}i64")
-            starts = [builder.add(base_, builder.mul(step_, ir.Constant(i64, k))) for k in range(pixels)]
-
-            def word(i, accs):  # the accumulators after operand word i
-                off_i = builder.load(builder.gep(off_ptr, [i]))
-                w_at = builder.gep(w_ptr, [builder.add(builder.mul(i, w_cols), o_)])
-                w = builder.load(builder.bitcast(w_at, v8.as_pointer()), align=8)
-                out = []
-                for k, a in enumerate(accs):
-                    x = builder.load(builder.gep(x_ptr, [builder.add(starts[k], off_i)]))
-                    xv = builder.insert_element(ir.Constant(v8, ir.Undefined), x, ir.Constant(i32, 0))
-                    xv = builder.shuffle_vector(xv, xv, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-                    out.append(builder.add(a, builder.call(ctpop, [builder.xor(xv, w)])))
-                return out
-
-            v8i32 = ir.VectorType(i32, lanes)
-
-            def store(sums):
-                for k, r in enumerate(sums):
-                    at = builder.add(di_, builder.mul(ds_, ir.Constant(i64, k)))
-                    ptr = builder.bitcast(builder.gep(d_ptr, [at]), v8i32.as_pointer())
-                    builder.store(builder.trunc(r, v8i32), ptr, align=4)
-
-            if words:
-                accs = [zero] * pixels
-                for i in range(words):
-                    accs = word(ir.Constant(i64, i), accs)
-                store(accs)
-                return context.get_dummy_value()
-            entry = builder.block
-            loop = builder.append_basic_block("words")
-            done = builder.append_basic_block("words_done")
-            builder.cbranch(builder.icmp_signed(">", n_words, ir.Constant(i64, 0)), loop, done)
-
-            builder.position_at_end(loop)
-            i = builder.phi(i64)
-            i.add_incoming(ir.Constant(i64, 0), entry)
-            accs = [builder.phi(v8) for _ in range(pixels)]
-            for a in accs:
-                a.add_incoming(zero, entry)
-            new_accs = word(i, accs)
-            i_next = builder.add(i, ir.Constant(i64, 1))
-            i.add_incoming(i_next, loop)
-            for a, na in zip(accs, new_accs):
-                a.add_incoming(na, loop)
-            builder.cbranch(builder.icmp_signed("<", i_next, n_words), loop, done)
-
-            builder.position_at_end(done)
-            sums = [builder.phi(v8) for _ in range(pixels)]  # every phi first, at the top of the block
-            for r, na in zip(sums, new_accs):
-                r.add_incoming(zero, entry)
-                r.add_incoming(na, loop)
-            store(sums)
-            return context.get_dummy_value()
+            return _popdots_ir(pixels, lanes, words, context, builder, signature, args)
 
         return sig, codegen
 

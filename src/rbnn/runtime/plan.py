@@ -571,22 +571,33 @@ class FastOps(ref.ReferenceOps):
                     continue
             members[n.name] = {n.name}
             steps.append((pos[n.name], n.name, n, self._plain_step(n)))
-        # a float conv (the stem) whose only binary reader binarizes per channel or per sample writes that
-        # reader's row windows itself (the reader packs nothing)
+        bin_steps = self._feed_steps(bins, fconvs, readers, pos)
+        steps = [(k, name, node, fn or bin_steps[node.name]) for k, name, node, fn in sorted(steps, key=lambda s: s[0])]
+        self.output_name = out_name
+        self.steps = [(name, _KIND.get(node.op, "other"), fn) for _, name, node, fn in steps]
+        self.dies = self._dead_values(nodes, pos, members, out_name)  # per step, the values no later step reads
+        self.plan = self._make_run(graph, out_name)
+
+    def _feed_steps(self, bins: list[tuple], fconvs: list[tuple], readers: dict[str, list[Node]],
+                    pos: dict[str, int]) -> dict[str, Callable]:
+        """The binary groups' steps and the float convs' steps (by first node's name). A float conv (the stem)
+        whose only binary reader binarizes per channel or per sample writes that reader's row windows itself
+        (the reader packs nothing)."""
         firsts = {first.name for first, _, _, _ in bins}
         float_feeds: dict[str, Node] = {}
         for n, last, _ in fconvs:
             binary = [r for r in readers[last] if r.op in ("bconv", "blinear")]
             if len(binary) == 1 and binary[0].name in firsts and self._reads_bits(binary[0], last):
                 float_feeds[n.name] = binary[0]
-        bin_steps = self._bin_steps(bins, readers, pos, {c.name for c in float_feeds.values()})
+        steps: dict[str, Callable] = dict(self._bin_steps(bins, readers, pos, {c.name for c in float_feeds.values()}))
         for n, last, clamp in fconvs:
             c = float_feeds.get(n.name)
-            bin_steps[n.name] = self._float_conv_step(n, clamp, last, None if c is None else self._p(c))
-        steps = [(k, name, node, fn or bin_steps[node.name]) for k, name, node, fn in sorted(steps, key=lambda s: s[0])]
-        self.output_name = out_name
-        self.steps = [(name, _KIND.get(node.op, "other"), fn) for _, name, node, fn in steps]
-        # the values that die after each step: no later step reads them (the output never dies)
+            steps[n.name] = self._float_conv_step(n, clamp, last, None if c is None else self._p(c))
+        return steps
+
+    def _dead_values(self, nodes: list[Node], pos: dict[str, int], members: dict[str, set[str]],
+                     out_name: str) -> list[list[str]]:
+        """Per step of :attr:`steps`, the values that no later step reads (the output never dies)."""
         by_node = {m: name for name, group in members.items() for m in group}
         last_read = {}
         for k, (name, _, _) in enumerate(self.steps):
@@ -598,13 +609,12 @@ class FastOps(ref.ReferenceOps):
         for v, k in last_read.items():
             if v != out_name:
                 dies[k].append(v)
-        self.dies = dies  # per step, the values no later step reads
-        order = [(name, fn, dead) for (name, _, fn), dead in zip(self.steps, dies)]
-        input_name = self.input_name
+        return dies
 
-        buffers = self.buffers
-
-        entry = self._entry
+    def _make_run(self, graph: PackedGraph, out_name: str) -> Callable[[np.ndarray], np.ndarray]:
+        """The plan as one callable on a batch in the model's layout (NCHW images), tiled on large batches."""
+        order = [(name, fn, dead) for (name, _, fn), dead in zip(self.steps, self.dies)]
+        input_name, buffers, entry = self.input_name, self.buffers, self._entry
 
         def run(x: np.ndarray) -> np.ndarray:
             outer = buffers.activate()
@@ -631,8 +641,7 @@ class FastOps(ref.ReferenceOps):
         shapes = graph.shapes or {}
         in_size = int(np.prod(shapes.get(input_name, (1,))))
         act_bytes = 4 * max((int(np.prod(s)) for s in shapes.values()), default=0)
-        # the plan takes a batch in the model's layout (NCHW images)
-        self.plan = lambda x: self.tiles(run, x, int(act_bytes * x[0].size / max(1, in_size)))
+        return lambda x: self.tiles(run, x, int(act_bytes * x[0].size / max(1, in_size)))
 
     def _entry(self, x: np.ndarray) -> np.ndarray:
         """The plan's input from a batch in the model's layout: NCHW images stay NCHW when only float convs read
