@@ -128,12 +128,50 @@ def _make_signs(lanes: int):
     return signs
 
 
+def _acc_loop(builder, count, zero, n_acc, body):
+    """An LLVM loop ``i < count`` (an i64 value) with ``n_acc`` accumulators in registers, each starting at
+    ``zero`` (a vector constant): ``body(i, accs)`` emits one iteration's IR and returns the new accumulators.
+    Leaves the builder after the loop and returns the final accumulators (the float convs' loop over taps, the
+    popcounts' loop over operand words)."""
+    i64 = ir.IntType(64)
+    vty = zero.type
+    entry = builder.block
+    loop = builder.append_basic_block("acc_loop")
+    done = builder.append_basic_block("acc_loop_done")
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(i64)
+    accs = [builder.phi(vty) for _ in range(n_acc)]
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    for a in accs:
+        a.add_incoming(zero, entry)
+    new_accs = body(i, accs)
+    i_next = builder.add(i, ir.Constant(i64, 1))
+    i.add_incoming(i_next, loop)
+    for a, na in zip(accs, new_accs):
+        a.add_incoming(na, loop)
+    builder.cbranch(builder.icmp_signed("<", i_next, count), loop, done)
+    builder.position_at_end(done)
+    sums = []
+    for na in new_accs:  # every phi first, at the top of the block
+        r = builder.phi(vty)
+        r.add_incoming(zero, entry)
+        r.add_incoming(na, loop)
+        sums.append(r)
+    return sums
+
+
+def _n_taps(context, builder, signature, args):
+    """The length of a float conv intrinsic's tap-offset array (argument 2), as i64."""
+    return builder.extract_value(cgutils.create_struct_proxy(signature.args[2])(
+        context, builder, value=args[2]).shape, 0)
+
+
 def _fdot_ir(pixels, context, builder, signature, args):
     """The IR of :func:`_make_fdot`'s intrinsic."""
     _, base_, _, _, o_, _, oi_, ost_, _ = args
     i32, i64 = ir.IntType(32), ir.IntType(64)
     v8 = ir.VectorType(ir.FloatType(), pixels)
-    zero = ir.Constant(v8, [0.0] * pixels)
 
     def data(k):  # the data pointer of array argument k
         return cgutils.create_struct_proxy(signature.args[k])(context, builder, value=args[k]).data
@@ -146,43 +184,18 @@ def _fdot_ir(pixels, context, builder, signature, args):
         return ir.Constant(i64, k)
 
     x_ptr, toff_ptr, w_ptr, out_ptr, bias_ptr = data(0), data(2), data(3), data(5), data(8)
-    n_taps = builder.extract_value(cgutils.create_struct_proxy(signature.args[2])(
-        context, builder, value=args[2]).shape, 0)
     w_cols = builder.extract_value(cgutils.create_struct_proxy(signature.args[3])(
         context, builder, value=args[3]).shape, 1)
-    entry = builder.block
-    loop = builder.append_basic_block("taps")
-    done = builder.append_basic_block("taps_done")
-    builder.cbranch(builder.icmp_signed(">", n_taps, at(0)), loop, done)
 
-    # loop over taps t: acc_j += x[base + toff[t] : +8] * w[t, o + j], j < 8
-    builder.position_at_end(loop)
-    t = builder.phi(i64)
-    accs = [builder.phi(v8) for _ in range(8)]
-    t.add_incoming(at(0), entry)
-    for a in accs:
-        a.add_incoming(zero, entry)
-    off = builder.load(builder.gep(toff_ptr, [t]))
-    xv = builder.load(builder.bitcast(builder.gep(x_ptr, [builder.add(base_, off)]), v8.as_pointer()), align=4)
-    w_row = builder.add(builder.mul(t, w_cols), o_)
-    new_accs = []
-    for j, a in enumerate(accs):
-        w = builder.load(builder.gep(w_ptr, [builder.add(w_row, at(j))]))
-        new_accs.append(builder.fadd(a, builder.fmul(xv, splat(w))))
-    t_next = builder.add(t, at(1))
-    t.add_incoming(t_next, loop)
-    for a, na in zip(accs, new_accs):
-        a.add_incoming(na, loop)
-    builder.cbranch(builder.icmp_signed("<", t_next, n_taps), loop, done)
+    def tap(t, accs):  # acc_j += x[base + toff[t] : + pixels] * w[t, o + j], j < 8
+        off = builder.load(builder.gep(toff_ptr, [t]))
+        xv = builder.load(builder.bitcast(builder.gep(x_ptr, [builder.add(base_, off)]), v8.as_pointer()), align=4)
+        w_row = builder.add(builder.mul(t, w_cols), o_)
+        ws = [builder.load(builder.gep(w_ptr, [builder.add(w_row, at(j))])) for j in range(8)]
+        return [builder.fadd(a, builder.fmul(xv, splat(w))) for w, a in zip(ws, accs)]
 
     # + bias, then pixel k of channel o + j to out[oi + k·ostride + j]
-    builder.position_at_end(done)
-    sums = []
-    for j in range(8):
-        r = builder.phi(v8)
-        r.add_incoming(zero, entry)
-        r.add_incoming(new_accs[j], loop)
-        sums.append(r)
+    sums = _acc_loop(builder, _n_taps(context, builder, signature, args), ir.Constant(v8, [0.0] * pixels), 8, tap)
     for j, r in enumerate(sums):
         r = builder.fadd(r, splat(builder.load(builder.gep(bias_ptr, [builder.add(o_, at(j))]))))
         for k in range(pixels):
@@ -221,7 +234,6 @@ def _fdot_channels_ir(pixels, lanes, context, builder, signature, args):
     ta = signature.args
     i64 = ir.IntType(64)
     vf = ir.VectorType(ir.FloatType(), lanes)
-    zero = ir.Constant(vf, [0.0] * lanes)
     base_, o_, oi_, ost_ = (_as_i64(builder, ta[k], args[k]) for k in (1, 4, 6, 7))
 
     def data(k):  # the data pointer of array argument k
@@ -231,40 +243,18 @@ def _fdot_channels_ir(pixels, lanes, context, builder, signature, args):
         return ir.Constant(i64, k)
 
     x_ptr, toff_ptr, w_ptr, out_ptr, lohi_ptr = data(0), data(2), data(3), data(5), data(9)
-    n_taps = builder.extract_value(cgutils.create_struct_proxy(ta[2])(context, builder, value=args[2]).shape, 0)
     w_cols = builder.extract_value(cgutils.create_struct_proxy(ta[3])(context, builder, value=args[3]).shape, 1)
-    entry = builder.block
-    loop = builder.append_basic_block("taps")
-    done = builder.append_basic_block("taps_done")
-    builder.cbranch(builder.icmp_signed(">", n_taps, at(0)), loop, done)
 
-    # loop over taps t: acc_k += x[base + toff[t] + k] * w[t, o : o + lanes], k < pixels
-    builder.position_at_end(loop)
-    t = builder.phi(i64)
-    accs = [builder.phi(vf) for _ in range(pixels)]
-    t.add_incoming(at(0), entry)
-    for a in accs:
-        a.add_incoming(zero, entry)
-    x_at = builder.add(base_, builder.load(builder.gep(toff_ptr, [t])))
-    w_at = builder.gep(w_ptr, [builder.add(builder.mul(t, w_cols), o_)])
-    wv = builder.load(builder.bitcast(w_at, vf.as_pointer()), align=4)
-    new_accs = []
-    for k, a in enumerate(accs):
-        xk = builder.load(builder.gep(x_ptr, [builder.add(x_at, at(k))]))
-        new_accs.append(builder.fadd(a, builder.fmul(_splat(builder, vf, xk), wv)))
-    t_next = builder.add(t, at(1))
-    t.add_incoming(t_next, loop)
-    for a, na in zip(accs, new_accs):
-        a.add_incoming(na, loop)
-    builder.cbranch(builder.icmp_signed("<", t_next, n_taps), loop, done)
+    def tap(t, accs):  # acc_k += x[base + toff[t] + k] * w[t, o : o + lanes], k < pixels
+        x_at = builder.add(base_, builder.load(builder.gep(toff_ptr, [t])))
+        w_at = builder.gep(w_ptr, [builder.add(builder.mul(t, w_cols), o_)])
+        wv = builder.load(builder.bitcast(w_at, vf.as_pointer()), align=4)
+        xs = [builder.load(builder.gep(x_ptr, [builder.add(x_at, at(k))])) for k in range(pixels)]
+        return [builder.fadd(a, builder.fmul(_splat(builder, vf, x), wv)) for x, a in zip(xs, accs)]
 
     # + bias, clamp, pixel k's channels to out[oi + k·ostride : + lanes]
-    builder.position_at_end(done)
-    for k in range(pixels):  # every phi first, at the top of the block
-        r = builder.phi(vf)
-        r.add_incoming(zero, entry)
-        r.add_incoming(new_accs[k], loop)
-        accs[k] = r
+    accs = _acc_loop(builder, _n_taps(context, builder, signature, args), ir.Constant(vf, [0.0] * lanes), pixels,
+                     tap)
     bias_v = _vec_load(context, builder, ta[8], args[8], o_, vf, 4)
     lo = _splat(builder, vf, builder.load(builder.gep(lohi_ptr, [at(0)])))
     hi = _splat(builder, vf, builder.load(builder.gep(lohi_ptr, [at(1)])))
@@ -353,29 +343,7 @@ def _popdots_ir(pixels, lanes, words, context, builder, signature, args):
             accs = word(ir.Constant(i64, i), accs)
         store(accs)
         return context.get_dummy_value()
-    entry = builder.block
-    loop = builder.append_basic_block("words")
-    done = builder.append_basic_block("words_done")
-    builder.cbranch(builder.icmp_signed(">", n_words, ir.Constant(i64, 0)), loop, done)
-
-    builder.position_at_end(loop)
-    i = builder.phi(i64)
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    accs = [builder.phi(v8) for _ in range(pixels)]
-    for a in accs:
-        a.add_incoming(zero, entry)
-    new_accs = word(i, accs)
-    i_next = builder.add(i, ir.Constant(i64, 1))
-    i.add_incoming(i_next, loop)
-    for a, na in zip(accs, new_accs):
-        a.add_incoming(na, loop)
-    builder.cbranch(builder.icmp_signed("<", i_next, n_words), loop, done)
-
-    builder.position_at_end(done)
-    sums = [builder.phi(v8) for _ in range(pixels)]  # every phi first, at the top of the block
-    for r, na in zip(sums, new_accs):
-        r.add_incoming(zero, entry)
-        r.add_incoming(na, loop)
+    sums = _acc_loop(builder, n_words, zero, pixels, word)
     store(sums)
     return context.get_dummy_value()
 
