@@ -157,9 +157,10 @@ def test_float_stem_writes_the_first_binary_layers_windows(name, method, tmp_pat
 
 @pytest.mark.parametrize("name,method", [("resnet20", "xnor"), ("resnet20_bireal", "rbnn"), ("resnet18_cifar", "rbnn")])
 def test_pooled_float_outputs_equal_the_reference(name, method, tmp_path):
-    """A run over several images hands each float output an array that a dead value left (warm in cache) instead
-    of one array per step: fewer arrays than float-output steps end up in the pool, and every logit still equals
-    the reference engine's (an array handed on while its value is still read would change them)."""
+    """A run over several images hands each float output an array that a dead value left (warm in cache), or
+    writes it over its residual when that dies with this step, instead of one array per step: fewer arrays than
+    float outputs, and every logit still equals the reference engine's (an array handed on or overwritten while
+    its value is still read would change them)."""
     m, size = _build(name, method, seed=6)
     p = tmp_path / "m.rbnn"
     deploy.export(m, p, input_shape=size)
@@ -170,5 +171,9 @@ def test_pooled_float_outputs_equal_the_reference(name, method, tmp_path):
     x = rand_input(size, 5, seed=7)
     np.testing.assert_array_equal(fast.predict(x), ref.predict(x))
     pooled = sum(len(v) for v in buffers._local.pool.values())
-    assert 0 < pooled < len(takes), (pooled, len(takes))
+    # fewer arrays than float outputs: pooled ones handed on, and residual blocks writing over their residual
+    in_place = sum(getattr(s, "res_dies", False) for _, _, s in fast.ops.steps)
+    assert 0 < pooled <= len(takes) and (pooled < len(takes) or in_place >= 6), (pooled, len(takes), in_place)
+    if name.startswith("resnet20"):  # every block's second conv adds a residual that dies there
+        assert in_place >= 6
     np.testing.assert_array_equal(fast.predict(x[:2]), ref.predict(x[:2]))

@@ -82,3 +82,17 @@ def test_pool_hands_on_dead_arrays_but_not_ones_a_live_view_reads():
     assert sum(len(v) for v in b._local.pool.values()) == 3
     b.deactivate()
     assert b.take(("v", "out"), (2, 3), np.float32) is not a  # outside a run: a fresh array
+
+
+def test_owns_only_a_pooled_array_that_one_live_value_uses():
+    """A step may write its output over its dying residual only when the pool handed that array out and no other
+    live value views it (a reshape of it that outlives it would change under the step)."""
+    b = StepBuffers()
+    assert b.activate()
+    outside = np.zeros((2, 3), np.float32)
+    assert not b.owns(outside, [outside])  # not pooling: never
+    b.pooling(True)
+    a = b.take(("x", "out"), (2, 3), np.float32)
+    assert b.owns(a, [a]) and not b.owns(a, [a, a.reshape(-1)]) and not b.owns(outside, [outside])
+    b.pooling(False)
+    b.deactivate()

@@ -60,6 +60,14 @@ class StepBuffers:
         local.taken[id(a)] = a
         return a
 
+    def owns(self, a, live) -> bool:
+        """While pooling: whether ``a`` is an array :meth:`take` handed out and that exactly one value in ``live``
+        (``a`` itself) uses, so that a step may overwrite it once that value is dead."""
+        local = self._local
+        if not getattr(local, "pooled", False) or not isinstance(a, np.ndarray) or id(a) not in local.taken:
+            return False
+        return sum(1 for v in live if isinstance(v, np.ndarray) and np.may_share_memory(a, v)) == 1
+
     def give(self, a, live) -> None:
         """While pooling: a dead value ``a`` back to the pool, when :meth:`take` handed it out and no value in
         ``live`` shares its memory (a reshaped or sliced view of it may outlive it); else nothing."""

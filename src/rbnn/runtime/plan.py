@@ -226,11 +226,18 @@ class _BinPrep:
             nxt.shift if bits else _DUMMY_SHIFT, _DUMMY_THRESHOLDS if ithr is None else ithr,
         )
 
-    def call(self, b: _Bound, xp: np.ndarray, res: np.ndarray | None, raw: bool = False):
+    def call(self, b: _Bound, xp: np.ndarray, res: np.ndarray | None, raw: bool = False, in_place: bool = False):
         """Run the kernel bound by :meth:`bind` on row windows ``xp``: ``(float output or None, the next
-        layer's row windows or None)``. ``res``: a C-contiguous float32 residual of the output's shape."""
+        layer's row windows or None)``. ``res``: a C-contiguous float32 residual of the output's shape;
+        ``in_place``: write the float output over ``res`` (the caller knows no one reads it later; the kernel
+        reads each residual value before it writes that output value)."""
         name = self.node.name
-        out = self.buffers.take((name, "out"), b.oshape, np.float32) if b.want_float else _DUMMY4
+        if not b.want_float:
+            out = _DUMMY4
+        elif in_place and res is not None:
+            out = res
+        else:
+            out = self.buffers.take((name, "out"), b.oshape, np.float32)
         # the kernel writes every row of the next layer's row windows but its padding rows: those stay zero
         nout = _DUMMY_BITS if b.nshape is None else self.buffers.get((name, "bits"), b.nshape, np.uint64, zeroed=True)
         mul, add = (self.ones, self.zeros) if raw else (self.mul, self.add)
@@ -286,6 +293,7 @@ class _BinStep:
         self.res_name, self.clamp, self.packed_in, self.nxt, self.want_float = (
             res_name, clamp, packed_in, nxt, want_float)
         self.bound: dict[tuple[int, ...], _Bound] = {}  # by input row-window shape
+        self.res_dies = False  # no later step reads the residual: the output may overwrite it (set by the plan)
         self.direct = node.op == "bconv" and not self.prep.ternary  # else the generic op (flat input, ternary)
 
     def __call__(self, env: dict) -> np.ndarray | None:
@@ -316,7 +324,7 @@ class _BinStep:
         if res is not None and res.shape != b.oshape:
             out, nout = p.conv(xp, *p.input_hw(xp), res, self.clamp, False, self.want_float, self.nxt)
         else:
-            out, nout = p.call(b, xp, res)
+            out, nout = p.call(b, xp, res, in_place=self.res_dies and self.ops.buffers.owns(res, env.values()))
         if nout is not None:
             env[(self.name, BITS)] = nout
         return out
@@ -576,6 +584,9 @@ class FastOps(ref.ReferenceOps):
         self.output_name = out_name
         self.steps = [(name, _KIND.get(node.op, "other"), fn) for _, name, node, fn in steps]
         self.dies = self._dead_values(nodes, pos, members, out_name)  # per step, the values no later step reads
+        for (_, _, fn), dead in zip(self.steps, self.dies):
+            if isinstance(fn, _BinStep) and fn.res_name is not None:
+                fn.res_dies = fn.res_name in dead and fn.res_name != self.input_name
         self.plan = self._make_run(graph, out_name)
 
     def _feed_steps(self, bins: list[tuple], fconvs: list[tuple], readers: dict[str, list[Node]],
