@@ -126,6 +126,10 @@ class _BinPrep:
             else np.zeros(self.c, dtype=np.float32)
         )
         self.standardize = at["act_transform"] == "standardize_sample"
+        # fconv_kernel's ng (kernels.NG_*) when a float conv writes this layer's row windows
+        self.float_feed = np.zeros(len(_NO_BITS), dtype=np.int64)
+        self.float_feed[[NG_BITS, NG_STD, NG_NKW, NG_NDW, NG_NPH, NG_NPW]] = (
+            1, self.standardize, self.kshape[2], self.dil[1], self.pad[0], self.pad[1])
         self.ones = np.ones(o, dtype=np.float64)
         self.zeros = np.zeros(o, dtype=np.float64)
 
@@ -420,8 +424,7 @@ class FastOps(ref.ReferenceOps):
             ho, wo = oshape[1], oshape[2]
             nshape = (n, ho + 2 * nph, wo + 2 * npw - ndw * (nkw - 1), nxt.rw)
             nout = self.buffers.get((node.name, "bits"), nshape, np.uint64, zeroed=True)  # padding rows stay 0
-            nshift, ng = nxt.shift, np.zeros(len(_NO_BITS), np.int64)
-            ng[[NG_BITS, NG_STD, NG_NKW, NG_NDW, NG_NPH, NG_NPW]] = (1, nxt.standardize, nkw, ndw, nph, npw)
+            nshift, ng = nxt.shift, nxt.float_feed
         with serial_if_small(out.size * c * kh * kw // 8):
             lo, hi = np.float32(clamp[0] if clamp else 0), np.float32(clamp[1] if clamp else 0)
             fconv_kernel(xp, wt, node.arrays["bias"], sh, sw, dh, dw, clamp is not None, lo, hi, out, nshift, nout, ng)
@@ -790,7 +793,7 @@ class FastOps(ref.ReferenceOps):
         return run
 
     def _clamped_step(self, node: Node, clamp):
-        """A float conv or affine node with its Hardtanh's (min, max) clamp fused."""
+        """An affine node with its Hardtanh's (min, max) clamp fused (a float conv's: :meth:`_float_conv_step`)."""
         fn, src = getattr(self, node.op), node.inputs[0]
         return lambda env: fn(node, env[src], clamp)
 
