@@ -19,10 +19,14 @@ from .kernels import warmup_parallel_layer
 # until a tile's activations leave the caches. Measured with each step's arrays reused between runs (2-core
 # Zen 3, 2 threads, batch 128, µs per image, tiles of 8 / 16 / 32 / 64): resnet20 xnor 223 / 201-212 / 195-196 /
 # 190, resnet20_bireal 262 / 240-245 / 227-229 / 224, resnet18_cifar (256 KB per image) 1331 / 1301 / 1303.
-# 2 MiB gives ResNet-20 (64 KB per image) tiles of 32 and resnet18_cifar tiles of 8.
+# Every step of a tile runs some Python under the GIL that the tile threads share, so fewer, larger tiles cost
+# less until a tile's activations leave the caches. Intel Xeon (2 MB L2 per core), batch 128, ms
+# per batch, 5 rounds, TILE_BYTES 1 / 2 / 4 MiB: resnet20 xnor 12.0-13.2 / 10.4-11.6 / 9.5-10.0, resnet20_bireal
+# 13.8-14.5 / 12.0-12.7 / 11.4-12.4; resnet18_cifar 2 / 4 / 8 / 16 MiB: 56.7-57.4 / 55.2-57.0 / 59.0-60.1 /
+# 62.6-64.0. 4 MiB gives ResNet-20 (64 KB per image) tiles of 64 and resnet18_cifar tiles of 16.
 # Batches below TILE_MIN images per thread run untiled with every kernel multi-threaded.
 TILE = 64
-TILE_BYTES = 2 << 20
+TILE_BYTES = 4 << 20
 TILE_MIN = 8
 
 # Work below this many uint64 word operations runs on one thread: waking the pool costs more than it saves
