@@ -38,6 +38,7 @@ from .kernels import (
     strided_copy_kernel,
     tap_popcounts,
 )
+from .launches import Replayer, copy_into, launch
 from .threads import SERIAL_BELOW, TiledRunner, run_managed, serial_if_small, switch_in_plan
 
 # op kinds of PackedModel.profile(); a fused step counts as the kind of its first node (a binary conv's fused
@@ -143,10 +144,10 @@ class _BinPrep:
         mean = np.zeros(n, dtype=np.float32)  # the kernel writes the per-sample means when standardizing
         xw = self.buffers.get((self.node.name, "in"), (n, h + 2 * ph, w + 2 * pw - dw * (kw - 1), self.rw), np.uint64)
         if switch_in_plan(2 * x.size < SERIAL_BELOW):
-            pack_rows(x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
+            launch(pack_rows, x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
         else:
             with serial_if_small(2 * x.size):
-                pack_rows(x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
+                launch(pack_rows, x, self.shift, mean, self.standardize, ph, pw, kw, dw, xw)
         if times is not None:
             times["input packing"] += time.perf_counter() - t0
         return xw
@@ -248,10 +249,10 @@ class _BinPrep:
         args = (xp, self.wcol, b.cbase, b.rowcls, b.g, mul, add, _DUMMY4 if res is None else res, b.lohi, out, b.nshift,
                 nout, b.ithr)
         if switch_in_plan(b.serial):
-            bconv_kernel(*args)
+            launch(bconv_kernel, *args)
         else:
             with serial_if_small(0 if b.serial else SERIAL_BELOW):
-                bconv_kernel(*args)
+                launch(bconv_kernel, *args)
         return (out if b.want_float else None), (nout if b.nshape is not None else None)
 
     def conv(self, xp, h, w, res=None, clamp=None, raw=False, want_float=True, nxt: _BinPrep | None = None):
@@ -417,7 +418,7 @@ class FastOps(ref.ReferenceOps):
         out = self.buffers.take((node.name, "out"), oshape, np.float32)
         # planar and zero-padded (see the kernel): only the interior is written, so a kept copy's border stays 0
         xp = self.buffers.get((node.name, "in"), (n, c, h + 2 * ph, wd + 2 * pw), np.float32, zeroed=True)
-        xp[:, :, ph : ph + h, pw : pw + wd] = x if nchw else x.transpose(0, 3, 1, 2)
+        launch(copy_into, xp[:, :, ph : ph + h, pw : pw + wd], x if nchw else x.transpose(0, 3, 1, 2))
         nout, nshift, ng = _DUMMY_BITS, _DUMMY_SHIFT, _NO_BITS
         if nxt is not None:
             (nph, npw), nkw, ndw = nxt.pad, nxt.kshape[2], nxt.dil[1]
@@ -427,7 +428,8 @@ class FastOps(ref.ReferenceOps):
             nshift, ng = nxt.shift, nxt.float_feed
         with serial_if_small(out.size * c * kh * kw // 8):
             lo, hi = np.float32(clamp[0] if clamp else 0), np.float32(clamp[1] if clamp else 0)
-            fconv_kernel(xp, wt, node.arrays["bias"], sh, sw, dh, dw, clamp is not None, lo, hi, out, nshift, nout, ng)
+            launch(fconv_kernel, xp, wt, node.arrays["bias"], sh, sw, dh, dw, clamp is not None, lo, hi, out, nshift,
+                   nout, ng)
         return out, (nout if nxt is not None else None)
 
     def linear(self, node: Node, x: np.ndarray) -> np.ndarray:
@@ -436,7 +438,7 @@ class FastOps(ref.ReferenceOps):
         wt = self._float_weight(node)
         out = self.buffers.get((node.name, "out"), (x.shape[0], wt.shape[1]), np.float32)
         with serial_if_small(x.shape[0] * wt.size // 8):
-            flinear_kernel(np.ascontiguousarray(x, dtype=np.float32), wt, node.arrays["bias"], out)
+            launch(flinear_kernel, np.ascontiguousarray(x, dtype=np.float32), wt, node.arrays["bias"], out)
         return out
 
     def maxpool(self, node: Node, x: np.ndarray) -> np.ndarray:
@@ -447,7 +449,7 @@ class FastOps(ref.ReferenceOps):
         ho, wo = ref.pool_out_hw(h, kh, sh, ph, dh, ceil), ref.pool_out_hw(w, kw, sw, pw, dw, ceil)
         out = self.buffers.get((node.name, "out"), (n, ho, wo, c), np.float32)
         with serial_if_small(out.size * kh * kw // 8):
-            maxpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, dh, dw, out)
+            launch(maxpool_kernel, np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, dh, dw, out)
         return out
 
     def avgpool(self, node: Node, x: np.ndarray) -> np.ndarray:
@@ -458,7 +460,7 @@ class FastOps(ref.ReferenceOps):
         out = self.buffers.get((node.name, "out"), (n, ho, wo, c), np.float32)
         include = bool(node.attrs.get("count_include_pad", True))
         with serial_if_small(out.size * kh * kw // 8):
-            avgpool_kernel(np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, include, out)
+            launch(avgpool_kernel, np.ascontiguousarray(x, dtype=np.float32), kh, kw, sh, sw, ph, pw, include, out)
         return out
 
     def gap(self, node: Node, x: np.ndarray) -> np.ndarray:
@@ -467,7 +469,7 @@ class FastOps(ref.ReferenceOps):
         if x.ndim != 4:
             return super().gap(node, x)
         out = self.buffers.get((node.name, "out"), (x.shape[0], 1, 1, x.shape[3]), np.float32)
-        gap_kernel(np.ascontiguousarray(x, dtype=np.float32), out)
+        launch(gap_kernel, np.ascontiguousarray(x, dtype=np.float32), out)
         return out
 
     @staticmethod
@@ -478,7 +480,7 @@ class FastOps(ref.ReferenceOps):
         view = x[index]
         shape = tuple(s + a + b for s, (a, b) in zip(view.shape, width))
         out = np.zeros(shape, dtype=x.dtype) if out is None else out
-        out[tuple(slice(a, a + s) for s, (a, _) in zip(view.shape, width))] = view
+        launch(copy_into, out[tuple(slice(a, a + s) for s, (a, _) in zip(view.shape, width))], view)
         return out
 
     def pad(self, node: Node, x: np.ndarray) -> np.ndarray:
@@ -489,7 +491,7 @@ class FastOps(ref.ReferenceOps):
             return super().pad(node, x)
         shape = tuple(s + a + b for s, (a, b) in zip(x.shape, width))
         out = self.buffers.get((node.name, "out"), shape, x.dtype, zeroed=True)  # only the interior is written
-        out[tuple(slice(a, a + s) for s, (a, _) in zip(x.shape, width))] = x
+        launch(copy_into, out[tuple(slice(a, a + s) for s, (a, _) in zip(x.shape, width))], x)
         return out
 
     def prelu(self, node: Node, x: np.ndarray) -> np.ndarray:
@@ -497,7 +499,7 @@ class FastOps(ref.ReferenceOps):
         out = self.buffers.get((node.name, "out"), x.shape, np.float32)
         a = node.arrays
         with serial_if_small(x.size // 8):
-            prelu_kernel(x, a["shift_in"], a["slope"], a["shift_out"], out)
+            launch(prelu_kernel, x, a["shift_in"], a["slope"], a["shift_out"], out)
         return out
 
     def affine(self, node: Node, x: np.ndarray, clamp=None) -> np.ndarray:
@@ -505,9 +507,8 @@ class FastOps(ref.ReferenceOps):
         out = self.buffers.get((node.name, "out"), x.shape, np.float32)
         lo, hi = clamp if clamp is not None else (0.0, 0.0)
         with serial_if_small(x.size // 8):
-            affine_clamp_kernel(
-                x, node.arrays["mul"], node.arrays["add"], np.float32(lo), np.float32(hi), clamp is not None, out
-            )
+            launch(affine_clamp_kernel, x, node.arrays["mul"], node.arrays["add"], np.float32(lo), np.float32(hi),
+                   clamp is not None, out)
         return out
 
     # -- fused plan ------------------------------------------------------------------------------------
@@ -629,27 +630,37 @@ class FastOps(ref.ReferenceOps):
         """The plan as one callable on a batch in the model's layout (NCHW images), tiled on large batches."""
         order = [(name, fn, dead) for (name, _, fn), dead in zip(self.steps, self.dies)]
         input_name, buffers, entry = self.input_name, self.buffers, self._entry
+        replayer = self.replayer = Replayer()  # a new plan forgets the old plan's recordings
 
-        def run(x: np.ndarray) -> np.ndarray:
-            outer = buffers.activate()
+        def execute(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """(the plan's input, its result) for batch ``x``; the result may be a kept array."""
             # a tile's float outputs share a pool of arrays, handed on once their value is dead, so that a
             # step writes into memory a step before it just left in cache (each step's own array was cold:
             # a tile's activations do not fit the caches); batch 1's small arrays stay per step
-            pool = outer and x.shape[0] >= POOL_MIN_IMAGES
+            pool = x.shape[0] >= POOL_MIN_IMAGES
+            first = entry(x)  # per tile, on the tile's thread
+            env = {input_name: first}
+            buffers.pooling(pool)
             try:
-                env = {input_name: entry(x)}  # per tile, on the tile's thread
-                buffers.pooling(pool)
                 for name, fn, dead in order:
                     env[name] = fn(env)
                     if pool:
                         for v in dead:
                             buffers.give(env.pop(v), env.values())
-                # the result may live in a kept array that the next run on this thread overwrites
-                return np.array(env[out_name], copy=True) if outer else env[out_name]
             finally:
-                if outer:
-                    buffers.pooling(False)
-                    buffers.deactivate()
+                buffers.pooling(False)
+            return first, env[out_name]
+
+        def run(x: np.ndarray) -> np.ndarray:
+            if not buffers.activate():  # a run inside a run shares the outer run's arrays
+                return execute(x)[1]
+            try:
+                if x.shape[0] == 1:  # one image: the same kept arrays every run, so its launches can be replayed
+                    return replayer.run(execute, entry, x)
+                # the result may live in a kept array that the next run on this thread overwrites
+                return np.array(execute(x)[1], copy=True)
+            finally:
+                buffers.deactivate()
 
         # the largest activation of one image at the model's input size (float32), scaled to the input's pixels
         shapes = graph.shapes or {}
@@ -787,7 +798,7 @@ class FastOps(ref.ReferenceOps):
             out = self.buffers.get((pad.name, "out"), plan[0], x.dtype, zeroed=True)
             if x.dtype != np.float32 or not x.flags.c_contiguous:
                 return self.slice_pad(index, width, x, out)
-            strided_copy_kernel(x, *plan[1:], out)  # only the copied part is written: the rest stays zero
+            launch(strided_copy_kernel, x, *plan[1:], out)  # only the copied part is written: the rest stays zero
             return out
 
         return run

@@ -78,6 +78,19 @@ def switch_in_plan(small: bool) -> bool:
     return True
 
 
+def set_plan_threads(threads: int) -> None:
+    """Inside a plan run: run the next kernel on ``threads`` threads (switched lazily, restored at the run's end
+    by :func:`run_managed`); outside one, nothing."""
+    if getattr(_plan_threads, "full", 0) and threads != _plan_threads.current:
+        numba.set_num_threads(threads)
+        _plan_threads.current = threads
+
+
+def restart_plan_threads() -> None:
+    """Inside a plan run: back to the run's full thread count, as a run starts (see :mod:`.launches`)."""
+    set_plan_threads(getattr(_plan_threads, "full", 0))
+
+
 def threadsafe_layer() -> bool:
     """Whether numba's threading layer may be entered from several Python threads at once (omp, tbb). Without
     OpenMP or TBB numba falls back to "workqueue", which aborts the process on concurrent use: no tiles then."""
