@@ -84,6 +84,29 @@ def test_pool_hands_on_dead_arrays_but_not_ones_a_live_view_reads():
     assert b.take(("v", "out"), (2, 3), np.float32) is not a  # outside a run: a fresh array
 
 
+def test_pooled_runs_take_the_same_arrays_every_time():
+    """Runs with the same sequence of takes and gives get the same arrays in the same places (the launch replay
+    of .launches needs it): the pool starts every run from the same order, whatever order the last run gave
+    its arrays back in."""
+    b = StepBuffers()
+
+    def run():
+        assert b.activate()
+        b.pooling(True)
+        a1 = b.take(("a", "out"), (4,), np.float32)
+        a2 = b.take(("b", "out"), (4,), np.float32)
+        a3 = b.take(("c", "out"), (4,), np.float32)
+        b.give(a1, [a2, a3])
+        a4 = b.take(("d", "out"), (4,), np.float32)  # a1's array, warm
+        b.pooling(False)  # a2, a3, a4 go back now (the pool's last-in-first-out order would reverse them)
+        b.deactivate()
+        return [id(a) for a in (a1, a2, a3, a4)]
+
+    runs = [run() for _ in range(4)]
+    assert runs[1] == runs[2] == runs[3]
+    assert len(set(runs[1])) == 3 and runs[1][0] == runs[1][3]
+
+
 def test_owns_only_a_pooled_array_that_one_live_value_uses():
     """A step may write its output over its dying residual only when the pool handed that array out and no other
     live value views it (a reshape of it that outlives it would change under the step)."""

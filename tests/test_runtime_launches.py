@@ -44,6 +44,23 @@ def test_one_image_runs_replay_and_stay_exact(engines):
     np.testing.assert_array_equal(fast.predict(xs[0]), refm.predict(xs[0]))
 
 
+def test_pooled_batches_and_tiles_replay_and_stay_exact(engines, monkeypatch):
+    # a batch of 3 runs untiled with a pool of arrays, one of 40 as tiles on two threads (each thread records
+    # its own tiles): the pool hands out the same arrays every run, so both are replayed
+    fast, refm = engines
+    replays = []
+    original = launches._Recorded.replay
+    monkeypatch.setattr(launches._Recorded, "replay", lambda self, e: replays.append(1) or original(self, e))
+    for n in (3, 40):
+        xs = [rand_input((3, 32, 32), n, seed=40 + s) for s in range(5)]
+        outs = [fast.predict(x) for x in xs]
+        for x, out in zip(xs, outs):
+            np.testing.assert_array_equal(out, refm.predict(x))
+    state = _state(fast, (3, 3, 32, 32))
+    assert isinstance(state, tuple) and state[0] == "ok"
+    assert len(replays) >= 2 + 2 * 2  # batch 3: the check and 2 replays; batch 40: at least that per thread
+
+
 def test_threads_replay_their_own_recordings(engines):
     fast, refm = engines
     xs = [rand_input((3, 32, 32), 1, seed=20 + i) for i in range(16)]

@@ -40,12 +40,15 @@ class StepBuffers:
 
     def pooling(self, on: bool) -> None:
         """Inside a run on this thread: hand out :meth:`take`'s arrays from a pool shared by all steps (on), or
-        per key like :meth:`get` (off). Turning it off returns every array still out to the pool."""
+        per key like :meth:`get` (off). Turning it off returns every array still out to the pool, in a fixed
+        order: runs of the same plan and shape take the same arrays in the same places."""
         local = self._local
         if getattr(local, "pool", None) is None:
             local.pool = {}
         for a in getattr(local, "taken", {}).values():
             local.pool.setdefault((a.shape, a.dtype.str), []).append(a)
+        for free in local.pool.values():  # every run starts from the same order, so it gets the same arrays
+            free.sort(key=lambda a: a.__array_interface__["data"][0])  # (which lets runs be replayed: .launches)
         local.taken = {}
         local.pooled = on
 

@@ -1,9 +1,11 @@
-"""One-image plan runs replayed as a recorded list of kernel launches, as CUDA graphs replay GPU launches.
+"""Plan runs replayed as a recorded list of kernel launches, as CUDA graphs replay GPU launches.
 
 Why: at batch 1 a ResNet-20 layer's kernel takes 6-15 µs and the Python around it (the plan step, its buffers,
 numba's dispatch) ~2 µs more; replaying the launches took resnet20_bireal from ~310 to ~236 µs and resnet20 xnor
-from ~229 to ~188 µs per image (Intel Xeon, 2 threads). A one-image run uses the same kept arrays every time
-(see :mod:`.buffers`), so the same launches on the same arrays with a new input compute the new result.
+from ~229 to ~188 µs per image (Intel Xeon, 2 threads); at batch 128 (tiles on two threads, which share the GIL
+for their Python) 12.8-13.2 to 11.3-12.3 ms and 10.1-11.2 to 8.8-9.9 ms. A run of one input shape uses the same
+kept arrays every time, and a pooled run takes and gives back the same arrays in the same order (see
+:mod:`.buffers`), so the same launches on the same arrays with a new input compute the new result.
 
 How it stays exact: every kernel call of the plan goes through :func:`launch`, and every in-place NumPy write
 through :func:`launch` of :func:`copy_into`. On a thread, the second run of an input shape is recorded; the third
@@ -11,7 +13,7 @@ first replays the recording on a probe input (fixed pseudo-random numbers) and r
 same probe, and the replay is kept only if both launched the same kernels on the same memory (pointer, shape,
 strides) with equal scalars and thread counts, and produced the same bytes. A step that computes outside a
 launch makes fresh arrays or writes where no launch does, which that check refuses: such a plan simply keeps
-running normally. Larger batches pool their arrays (different ones each run) and are never replayed."""
+running normally."""
 
 from __future__ import annotations
 
@@ -87,8 +89,8 @@ class _Recorded:
 
 
 class Replayer:
-    """Per fast-engine plan: on each thread, per input shape, record a one-image run, check it against the next
-    run with another input, then replay it (see the module docstring). ``execute(x) -> (entry, result)`` runs
+    """Per fast-engine plan: on each thread, per input shape, record a run, check a replay of it on a probe input
+    against a normal run, then replay it (see the module docstring). ``execute(x) -> (entry, result)`` runs
     the plan normally on batch ``x`` with its arrays kept (:meth:`StepBuffers.activate` active) and returns the
     plan's input array and the (kept, uncopied) result."""
 
@@ -96,7 +98,7 @@ class Replayer:
         self._local = threading.local()  # .states: {input shape: "warm" | _Recorded | "refused" | ("ok", _Recorded)}
 
     def run(self, execute: Callable, entry_of: Callable, x: np.ndarray) -> np.ndarray:
-        """The plan's result for one-image batch ``x`` (a copy), replayed once that is known to be exact."""
+        """The plan's result for batch (or tile) ``x`` (a copy), replayed once that is known to be exact."""
         states = getattr(self._local, "states", None)
         if states is None:
             states = self._local.states = {}
