@@ -902,11 +902,11 @@ def _row_scratch(wo, o_, npw, wbits):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, oh, sc, mul, add, resf, lohi, out, wfloat, wbits,
+def _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, oh, sc, mul, add, resf, lohi, out, on, wfloat, wbits,
               by_threshold, ithr, nshift, nout, rowsum):
     """Output row ``oh`` of sample ``n`` (see :func:`bconv_kernel`; ``sc``: :func:`_row_scratch`), in phases: the
-    popcounts of every pixel, then the next layer's bits by thresholds, or the float epilogue (into ``out`` when
-    ``wfloat``) with the bits by sign (``wbits``), the border corrected by the table ``cbase[rowcls[oh]]``
+    popcounts of every pixel, then the next layer's bits by thresholds, or the float epilogue (into ``out[on]``
+    when ``wfloat``) with the bits by sign (``wbits``), the border corrected by the table ``cbase[rowcls[oh]]``
     (:func:`border_table`); ``rowsum`` (N, Ho) float64, unless empty, gets the row's float64 sum (for the
     per-sample mean). At most 30 arguments: CPython passes more as ``*args``, which numba cannot inline."""
     sh, o_, ho = g[G_SH], g[G_O], g[G_HO]
@@ -921,7 +921,7 @@ def _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, oh, sc, mul, add, resf, lo
         _row_threshold_bits(dots, cbr, ithr, prow, npw)
         _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
         return
-    y = out[n, oh] if wfloat else ybuf
+    y = out[on, oh] if wfloat else ybuf
     flags = (EPI_RES if g[G_RES] != 0 else 0) | (EPI_CLAMP if g[G_CLAMP] != 0 else 0) | (EPI_BITS if wbits else 0)
     _epilogue_bits_row(dots, cbr, mul, add, resf, (n * ho + oh) * wo * o_, flags, lohi, y, nshift, prow, npw)
     if rowsum.shape[0] != 0:  # while the row is in L1: the second pass needs no serial read of the whole output
@@ -931,12 +931,12 @@ def _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, oh, sc, mul, add, resf, lo
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sample_bits(out, n, mean, nshift, nkw, ndw, nph, npw, prow, nout):
-    """The next layer's row windows of sample ``n`` from the whole float output ``out[n]`` standardized by its
-    per-sample ``mean``, exactly as :func:`pack_rows` (same mean, same float ops)."""
-    o_ = out.shape[3]
-    for oh in range(out.shape[1]):
-        _row_signs(out[n, oh], nshift, mean, prow, npw)
+def _sample_bits(y, n, mean, nshift, nkw, ndw, nph, npw, prow, nout):
+    """The next layer's row windows of sample ``n`` from its whole float output ``y`` (Ho, Wo, O) standardized by
+    its per-sample ``mean``, exactly as :func:`pack_rows` (same mean, same float ops)."""
+    o_ = y.shape[2]
+    for oh in range(y.shape[0]):
+        _row_signs(y[oh], nshift, mean, prow, npw)
         _row_windows(prow, nkw, ndw, o_, nout, n, oh + nph)
 
 
@@ -978,24 +978,29 @@ def bconv_kernel(xw, wcol, cbase, rowcls, g, mul, add, res, lohi, out, nshift, n
     if std_bits and n_ > 1:  # sample by sample: a sample's output is still in cache when its bits are made
         for n in prange(n_):
             sc = _row_scratch(wo, o_, npw, True)
+            # the floats go to out when the caller keeps them, else to this sample's scratch (in cache)
+            ys = out if wfloat else np.empty((1, ho, wo, o_), dtype=np.float32)
+            on = n if wfloat else n - n  # (n - n: the prange index type, which 0 would unify to float)
             for oh in range(ho):
-                _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, oh, sc, mul, add, resf, lohi, out, True, False,
+                _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, oh, sc, mul, add, resf, lohi, ys, on, True, False,
                           False, ithr, nshift, nout, rowsum)
-            _sample_bits(out, n, _mean_of_row_sums(rowsum, n, count), nshift, nkw, ndw, nph, npw, sc[3], nout)
+            _sample_bits(ys[on], n, _mean_of_row_sums(rowsum, n, count), nshift, nkw, ndw, nph, npw, sc[3], nout)
         return
+    # one sample's floats for its second pass, when the caller does not keep them
+    ys = out if wfloat or not std_bits else np.empty((1, ho, wo, o_), dtype=np.float32)
     chunks = _chunks(rows)
     for t in prange(chunks):
         sc = _row_scratch(wo, o_, npw, wbits)
         for r in range(t * rows // chunks, (t + 1) * rows // chunks):
             n = r // ho
-            _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, r - n * ho, sc, mul, add, resf, lohi, out, wfloat,
-                      wbits, by_threshold, ithr, nshift, nout, rowsum)
+            _conv_row(xf, xw, wcol, cbase, rowcls, off, g, n, r - n * ho, sc, mul, add, resf, lohi, ys, n,
+                      wfloat or std_bits, wbits, by_threshold, ithr, nshift, nout, rowsum)
     if std_bits:  # one sample: a second pass over the whole output, after its per-sample mean
         mean = _mean_of_row_sums(rowsum, 0, count)
         for t in prange(chunks):
             prow = np.zeros((wo + 2 * npw, (o_ + 63) // 64), dtype=np.uint64)
             for oh in range(t * ho // chunks, (t + 1) * ho // chunks):
-                _row_signs(out[0, oh], nshift, mean, prow, npw)
+                _row_signs(ys[0, oh], nshift, mean, prow, npw)
                 _row_windows(prow, nkw, ndw, o_, nout, 0, oh + nph)
 
 
@@ -1130,7 +1135,7 @@ def fconv_kernel(xp, wt, bias, sh, sw, dh, dw, clamp, lo, hi, out, nshift, nout,
                 _fconv_row(xf, xp, wt, wflat, toff, bias, sh, sw, dh, dw, clamp, lo, hi, lohi, out, of, n, oh,
                            blocks, wo8, wo16, acc)
                 s += _sum64(flat(out[n, oh]))
-            _sample_bits(out, n, np.float32(s / count), nshift, nkw, ndw, nph, npw, prow, nout)
+            _sample_bits(out[n], n, np.float32(s / count), nshift, nkw, ndw, nph, npw, prow, nout)
         return
     rows = n_ * ho
     chunks = _chunks(rows)

@@ -221,8 +221,8 @@ class _BinPrep:
         cl = (float(clamp[0]), float(clamp[1])) if clamp is not None else None
         bits = nxt is not None
         std = bits and nxt.standardize  # bits after the whole output, from its per-sample mean: needs the floats
-        want_float = want_float or std
-        ithr = self.bit_thresholds(nxt, cl) if bits and not want_float and not has_res else None
+        # (kept in the kernel's scratch unless someone reads them)
+        ithr = self.bit_thresholds(nxt, cl) if bits and not std and not want_float and not has_res else None
         flags = (int(has_res), int(cl is not None), int(want_float), int(bits and not std), int(ithr is not None),
                  int(std))
         g, oshape, nshape, lohi, work, cbase, rowcls = self._layout(h, w, flags, nxt, cl, xoff)
