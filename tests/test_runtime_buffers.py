@@ -7,26 +7,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
-from test_deploy_helpers import rand_input, randomize
+from test_deploy_helpers import rand_input
 
-import rbnn.deploy as deploy
-from rbnn import models
 from rbnn.runtime.buffers import StepBuffers
 
 
-@pytest.fixture(scope="module", params=[("resnet20", "xnor"), ("resnet20_bireal", "rbnn")], ids=lambda p: p[0])
-def engines(request, tmp_path_factory):
-    # xnor: option-A shortcuts (a zero-padded slice), next-layer bits with padding rows; Bi-Real + RBNN: float
-    # residuals around every conv, per-sample means
-    name, method = request.param
-    path = tmp_path_factory.mktemp(name) / "m.rbnn"
-    deploy.export(randomize(models.create(name, method=method)), path, input_shape=(3, 32, 32))
-    return deploy.load(path, backend="fast"), deploy.load(path, backend="reference")
-
-
-def test_runs_reuse_arrays_and_stay_exact(engines):
-    fast, refm = engines
+def test_runs_reuse_arrays_and_stay_exact(resnet20_engines):
+    fast, refm = resnet20_engines
     xs = [rand_input((3, 32, 32), n, seed=s) for n, s in ((2, 0), (2, 1), (3, 2), (2, 3), (1, 4), (2, 5))]
     fast.predict(xs[0])
     kept = dict(fast.ops.buffers._local.arrays)
@@ -38,8 +25,8 @@ def test_runs_reuse_arrays_and_stay_exact(engines):
         np.testing.assert_array_equal(out, refm.predict(x))
 
 
-def test_concurrent_callers_keep_their_own_arrays(engines):
-    fast, refm = engines
+def test_concurrent_callers_keep_their_own_arrays(resnet20_engines):
+    fast, refm = resnet20_engines
     xs = [rand_input((3, 32, 32), 2, seed=10 + i) for i in range(6)]
     with ThreadPoolExecutor(2) as pool:
         outs = list(pool.map(fast.predict, xs))

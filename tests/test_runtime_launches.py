@@ -6,32 +6,21 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
-import pytest
-from test_deploy_helpers import rand_input, randomize
+from test_deploy_helpers import rand_input
 
-import rbnn.deploy as deploy
-from rbnn import models
-from rbnn.runtime import launches
+from rbnn.runtime import kernels, launches
 from rbnn.runtime.launches import Replayer, copy_into, launch
-
-
-@pytest.fixture(scope="module", params=[("resnet20", "xnor"), ("resnet20_bireal", "rbnn")], ids=lambda p: p[0])
-def engines(request, tmp_path_factory):
-    # xnor: a float stem writing the first layer's bits, option-A shortcuts, threshold bits; Bi-Real + RBNN:
-    # float residuals around every conv, per-sample means (two parallel phases per layer)
-    name, method = request.param
-    path = tmp_path_factory.mktemp(name) / "m.rbnn"
-    deploy.export(randomize(models.create(name, method=method)), path, input_shape=(3, 32, 32))
-    return deploy.load(path, backend="fast"), deploy.load(path, backend="reference")
+from rbnn.runtime.threads import run_managed
 
 
 def _state(fast, shape):
     return fast.ops.replayer._local.states.get(shape)
 
 
-def test_one_image_runs_replay_and_stay_exact(engines):
-    fast, refm = engines
+def test_one_image_runs_replay_and_stay_exact(resnet20_engines):
+    fast, refm = resnet20_engines
     xs = [rand_input((3, 32, 32), 1, seed=s) for s in range(8)]
     outs = [fast.predict(x) for x in xs]
     state = _state(fast, (1, 3, 32, 32))
@@ -44,10 +33,10 @@ def test_one_image_runs_replay_and_stay_exact(engines):
     np.testing.assert_array_equal(fast.predict(xs[0]), refm.predict(xs[0]))
 
 
-def test_pooled_batches_and_tiles_replay_and_stay_exact(engines, monkeypatch):
+def test_pooled_batches_and_tiles_replay_and_stay_exact(resnet20_engines, monkeypatch):
     # a batch of 3 runs untiled with a pool of arrays, one of 40 as tiles on two threads (each thread records
     # its own tiles): the pool hands out the same arrays every run, so both are replayed
-    fast, refm = engines
+    fast, refm = resnet20_engines
     replays = []
     original = launches._Recorded.replay
     monkeypatch.setattr(launches._Recorded, "replay", lambda self, e: replays.append(1) or original(self, e))
@@ -61,8 +50,8 @@ def test_pooled_batches_and_tiles_replay_and_stay_exact(engines, monkeypatch):
     assert len(replays) >= 2 + 2 * 2  # batch 3: the check and 2 replays; batch 40: at least that per thread
 
 
-def test_threads_replay_their_own_recordings(engines):
-    fast, refm = engines
+def test_threads_replay_their_own_recordings(resnet20_engines):
+    fast, refm = resnet20_engines
     xs = [rand_input((3, 32, 32), 1, seed=20 + i) for i in range(16)]
     with ThreadPoolExecutor(2) as pool:
         outs = list(pool.map(fast.predict, xs))
@@ -71,10 +60,6 @@ def test_threads_replay_their_own_recordings(engines):
 
 
 def _run_managed(fn, x):
-    import numba
-
-    from rbnn.runtime.threads import run_managed
-
     return run_managed(fn, x, numba.get_num_threads())
 
 
@@ -109,7 +94,17 @@ def test_a_hidden_in_place_write_is_refused():
     np.testing.assert_array_equal(outs[-1], [12.0, 15.0])
 
 
-def test_launches_record_only_while_recording():
+def test_launches_are_recorded_with_their_thread_counts_only_while_recording():
     seen = []
-    launch(lambda *a: seen.append(a), 1, 2)
+    launch(lambda *a: seen.append(a), 1, 2)  # not recording: just the call
     assert seen == [(1, 2)] and getattr(launches._recording, "calls", None) is None
+    launches._recording.calls = calls = []
+    try:
+        x = np.zeros(3, np.float32)
+        launch(copy_into, x, np.ones(3, np.float32))
+        launch(kernels.gap_kernel, np.ones((1, 2, 2, 3), np.float32), np.zeros((1, 1, 1, 3), np.float32))
+    finally:
+        launches._recording.calls = None
+    assert x.tolist() == [1.0, 1.0, 1.0]
+    # a Python copy records no thread count (replay does not switch for it); a numba kernel records its own
+    assert [(k, t) for k, _, t in calls] == [(copy_into, 0), (kernels.gap_kernel, numba.get_num_threads())]

@@ -51,6 +51,14 @@ def _memory(a: np.ndarray) -> tuple:
     return a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str
 
 
+def _same_arg(x, y) -> bool:
+    """Two launches' arguments alike: arrays on the same memory, other values equal and of one type (the input's
+    places hold None in both)."""
+    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        return isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and _memory(x) == _memory(y)
+    return type(x) is type(y) and bool(x == y)
+
+
 class _Recorded:
     """One recorded run: its launches with the input's places marked, and the array that holds its result."""
 
@@ -68,19 +76,10 @@ class _Recorded:
         """The same kernels on the same memory with equal scalars and thread counts, the input in the same places."""
         if len(self.calls) != len(other.calls) or _memory(self.out) != _memory(other.out):
             return False
-        for (k1, a1, t1, m1), (k2, a2, t2, m2) in zip(self.calls, other.calls):
-            if k1 is not k2 or t1 != t2 or m1 != m2 or len(a1) != len(a2):
-                return False
-            for x, y, m in zip(a1, a2, m1):
-                if m:
-                    continue
-                if isinstance(x, np.ndarray) != isinstance(y, np.ndarray):
-                    return False
-                if isinstance(x, np.ndarray) and _memory(x) != _memory(y):
-                    return False
-                if not isinstance(x, np.ndarray) and (type(x) is not type(y) or not x == y):
-                    return False
-        return True
+        return all(
+            k1 is k2 and t1 == t2 and m1 == m2 and len(a1) == len(a2) and all(map(_same_arg, a1, a2))
+            for (k1, a1, t1, m1), (k2, a2, t2, m2) in zip(self.calls, other.calls)
+        )
 
     def replay(self, entry: np.ndarray) -> np.ndarray:
         """The recorded launches on input ``entry``; the result array (kept: the caller copies it)."""

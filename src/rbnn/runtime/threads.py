@@ -71,10 +71,7 @@ def switch_in_plan(small: bool) -> bool:
     full = getattr(_plan_threads, "full", 0)
     if not full:
         return False
-    want = 1 if small else full
-    if want != _plan_threads.current:
-        numba.set_num_threads(want)
-        _plan_threads.current = want
+    set_plan_threads(1 if small else full)
     return True
 
 
